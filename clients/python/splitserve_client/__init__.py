@@ -1,0 +1,1 @@
+"""Python client for the public API of splitserve."""

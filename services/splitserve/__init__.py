@@ -1,0 +1,1 @@
+"""splitserve: an LLM served as a CPU tokenizer tier and a GPU generator tier over gRPC."""

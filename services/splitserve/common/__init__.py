@@ -1,0 +1,1 @@
+"""Pieces both tiers share: gRPC server plumbing, errors, the model store."""

@@ -1,0 +1,1 @@
+"""The generator tier: token IDs in, token IDs streamed out, with in-flight batching."""

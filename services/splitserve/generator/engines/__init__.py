@@ -1,0 +1,1 @@
+"""Generation engines behind the one interface in splitserve.generator.engine."""
