@@ -1,0 +1,75 @@
+"""gRPC server plumbing both tiers share: health, reflection, binding, graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# Streams between tiers carry many small messages; keepalive catches dead peers within seconds.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+@dataclass
+class HealthReporter:
+    """Sets the grpc.health.v1 status of the server ("") and of each named service together."""
+
+    servicer: health.aio.HealthServicer
+    service_names: Sequence[str]
+
+    async def set(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.servicer.set(name, status)
+
+
+@dataclass
+class BoundServer:
+    """A started-or-not aio server, the port it is bound to, and its health reporter."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthReporter
+
+
+def create_server(address: str, service_names: Sequence[str],
+                  interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> BoundServer:
+    """Creates a server with health (NOT_SERVING) and reflection; the caller adds its servicers."""
+    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return BoundServer(server, port, HealthReporter(health_servicer, service_names))
+
+
+async def wait_for_termination(bound: BoundServer, grace_seconds: float) -> None:
+    """Serves until SIGTERM/SIGINT, then reports NOT_SERVING and stops with a grace period."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: NOT_SERVING, finishing in-flight calls within %.1fs", grace_seconds)
+    await bound.health.set(False)
+    await bound.server.stop(grace_seconds)

@@ -1,0 +1,75 @@
+"""The generator tier's configuration: one frozen object built from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from splitserve.generator.engine import ENGINE_NAMES
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything the generator tier needs to start."""
+
+    model_path: str
+    model_name: str
+    address: str = "127.0.0.1:50052"
+    engine: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 16
+    max_queued_requests: int = 256
+    max_total_tokens: int = 2048
+    max_input_tokens: int = 1536
+    max_new_tokens: int = 1024
+    default_max_new_tokens: int = 128
+    kv_cache_tokens: int = 16384
+    kv_page_size: int = 64
+    max_batch_tokens: int = 512
+    grace_seconds: float = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the generator's flags (model flags are added by the caller)."""
+    d = GeneratorConfig("", "")
+    parser.add_argument("--address", default=d.address, help="host:port to listen on")
+    parser.add_argument("--engine", default=d.engine, choices=ENGINE_NAMES)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (torch engine)")
+    parser.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    parser.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests,
+                        help="requests waiting beyond the batch before RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-total-tokens", type=int, default=d.max_total_tokens,
+                        help="prompt + generated tokens per request")
+    parser.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens)
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument("--default-max-new-tokens", type=int, default=d.default_max_new_tokens)
+    parser.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
+                        help="KV cache capacity in tokens, shared by all requests")
+    parser.add_argument("--kv-page-size", type=int, default=d.kv_page_size)
+    parser.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens)
+    parser.add_argument("--grace-seconds", type=float, default=d.grace_seconds)
+
+
+def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
+    """Builds and checks the config; raises ValueError on inconsistent limits."""
+    config = GeneratorConfig(
+        model_path=model_path, model_name=model_name, address=args.address, engine=args.engine,
+        device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
+        max_queued_requests=args.max_queued_requests, max_total_tokens=args.max_total_tokens,
+        max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
+        default_max_new_tokens=args.default_max_new_tokens, kv_cache_tokens=args.kv_cache_tokens,
+        kv_page_size=args.kv_page_size, max_batch_tokens=args.max_batch_tokens, grace_seconds=args.grace_seconds,
+    )
+    check(config)
+    return config
+
+
+def check(config: GeneratorConfig) -> None:
+    if config.max_input_tokens >= config.max_total_tokens:
+        raise ValueError("--max-input-tokens must be below --max-total-tokens")
+    if config.max_total_tokens > config.kv_cache_tokens:
+        raise ValueError("--max-total-tokens must fit in --kv-cache-tokens (one request must fit the cache)")
+    if not 1 <= config.default_max_new_tokens <= config.max_new_tokens:
+        raise ValueError("--default-max-new-tokens must be between 1 and --max-new-tokens")

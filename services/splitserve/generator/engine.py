@@ -1,0 +1,50 @@
+"""The one interface every generation engine implements, and the factory that picks one.
+
+An engine takes validated token-level requests and streams `GenerationChunk`s. Closing the stream
+early (the consumer stops iterating, `aclose()`, or task cancellation) aborts the request and frees
+its batch slot and cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+
+if TYPE_CHECKING:
+    from splitserve.generator.config import GeneratorConfig
+
+ENGINE_NAMES = ("torch", "trtllm", "trtllm-engine", "bench")
+
+
+class Engine(Protocol):
+    """A generation engine: start, stream tokens for requests, report load, stop."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    async def start(self) -> None:
+        """Loads the model and warms up; the engine serves once this returns."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Streams chunks for an already validated request; closing the iterator aborts it."""
+
+    def load(self) -> EngineLoad:
+        """Current queue depth, running requests and cache use."""
+
+    async def stop(self) -> None:
+        """Aborts what is in flight and releases the device."""
+
+
+# Called with False when the engine becomes unable to serve (e.g. its loop crashed), True when back.
+HealthListener = Callable[[bool], None]
+
+
+def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
+    """Builds the engine named by `config.engine`; heavy imports happen only for the chosen one."""
+    if config.engine == "torch":
+        from splitserve.generator.engines.torch_engine import TorchEngine
+
+        return TorchEngine(config, on_health)
+    raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_NAMES)}")

@@ -1,0 +1,81 @@
+"""Loads a Hugging Face model folder for the torch engine and builds its continuous-batching manager."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+
+if TYPE_CHECKING:
+    from splitserve.generator.config import GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+# Placeholders that make transformers create the per-request temperature/top-k/top-p processors;
+# every request overrides all three (see TorchEngine._request_kwargs).
+_PROCESSOR_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
+
+
+@dataclass
+class LoadedModel:
+    """A model on its device, with the facts the engine validates against."""
+
+    model: Any
+    vocab_size: int  # rows of the embedding: every valid token id is below this
+    eos_token_ids: tuple[int, ...]
+
+    def new_manager(self, config: GeneratorConfig) -> Any:
+        """A fresh ContinuousBatchingManager with an explicitly sized cache."""
+        generation = GenerationConfig(
+            do_sample=True, max_new_tokens=config.default_max_new_tokens,
+            eos_token_id=list(self.eos_token_ids), pad_token_id=self.eos_token_ids[0], **_PROCESSOR_DEFAULTS,
+        )
+        page_size = config.kv_page_size
+        batching = ContinuousBatchingConfig(
+            page_size=page_size,
+            num_blocks=max(1, config.kv_cache_tokens // page_size),
+            max_batch_tokens=config.max_batch_tokens,
+            max_requests_per_batch=config.max_batch_size,
+            per_request_processors=True,
+            return_logprobs=True,
+            allow_block_sharing=False,
+        )
+        return self.model.init_continuous_batching(generation_config=generation,
+                                                   continuous_batching_config=batching)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(config: GeneratorConfig) -> LoadedModel:
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    log.info("loading %s on %s (%s)", config.model_path, device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    return LoadedModel(model, model.get_input_embeddings().num_embeddings, eos_ids(model, tokenizer))
+
+
+def eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """EOS ids from the generation config, the model config and the tokenizer, in that order."""
+    found: list[int] = []
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        for token_id in value if isinstance(value, list) else [value]:
+            if isinstance(token_id, int) and token_id >= 0 and token_id not in found:
+                found.append(token_id)
+    if not found:
+        raise ValueError("the model defines no EOS token id")
+    return tuple(found)

@@ -1,0 +1,66 @@
+"""Starts the generator tier: engine, servicer, health and reflection on one gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from transformers import AutoTokenizer
+
+from splitserve.api.tokens.v1 import tokens_pb2, tokens_pb2_grpc
+from splitserve.common.fingerprint import tokenizer_fingerprint
+from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.engine import Engine, create_engine
+from splitserve.generator.servicer import TokenGenerationServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = tokens_pb2.DESCRIPTOR.services_by_name["TokenGenerationService"].full_name
+
+
+@dataclass
+class GeneratorServer:
+    """A running generator tier."""
+
+    bound: BoundServer
+    engine: Engine
+    config: GeneratorConfig
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.bound.health.set(False)
+        await self.bound.server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.engine.stop()
+
+
+async def start_generator(config: GeneratorConfig) -> GeneratorServer:
+    """Binds the port, loads and warms the engine, then reports SERVING."""
+    bound = create_server(config.address, [SERVICE_NAME])
+    loop = asyncio.get_running_loop()
+
+    def on_health(serving: bool) -> None:  # engine events may come from any task
+        loop.create_task(bound.health.set(serving))
+
+    engine = create_engine(config, on_health)
+    fingerprint = await asyncio.to_thread(lambda: tokenizer_fingerprint(AutoTokenizer.from_pretrained(
+        config.model_path)))
+    tokens_pb2_grpc.add_TokenGenerationServiceServicer_to_server(
+        TokenGenerationServicer(engine, fingerprint), bound.server)
+    await bound.server.start()  # health answers NOT_SERVING while the model loads
+    await engine.start()
+    await bound.health.set(True)
+    log.info("generator serving %s (%s engine) on port %d", config.model_name, config.engine, bound.port)
+    return GeneratorServer(bound, engine, config)
+
+
+async def run_generator(config: GeneratorConfig) -> None:
+    """The generator process: serve until SIGTERM, then drain and stop."""
+    server = await start_generator(config)
+    print(f"generator ready on {config.address.rsplit(':', 1)[0]}:{server.port}", flush=True)
+    await wait_for_termination(server.bound, config.grace_seconds)
+    await server.engine.stop()

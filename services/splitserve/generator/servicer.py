@@ -1,0 +1,113 @@
+"""The generator tier's gRPC edge: protobuf in and out, plain types inside."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from splitserve.api.tokens.v1 import tokens_pb2 as pb
+from splitserve.api.tokens.v1 import tokens_pb2_grpc
+from splitserve.common.errors import RequestError
+from splitserve.common.status import abort_with
+from splitserve.generator.engine import Engine
+from splitserve.generator.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+)
+from splitserve.generator.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.EOS_TOKEN: pb.FINISH_REASON_EOS_TOKEN,
+    FinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
+    s = msg.sampling
+    sampling = SamplingParams(
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_k=s.top_k if s.HasField("top_k") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+        seed=s.seed if s.HasField("seed") else None,
+    )
+    return GenerationRequest(
+        request_id=msg.request_id or "anonymous",
+        prompt_token_ids=list(msg.prompt_token_ids),
+        sampling=sampling,
+        max_new_tokens=msg.max_new_tokens if msg.HasField("max_new_tokens") else None,
+        min_new_tokens=msg.min_new_tokens,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        logprobs=msg.logprobs,
+        top_logprobs=msg.top_logprobs,
+    )
+
+
+def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(tokens=[
+        pb.Token(id=t.token_id, logprob=t.logprob,
+                 top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in t.top_logprobs])
+        for t in chunk.tokens
+    ])
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH[chunk.finish_reason]
+        msg.prompt_tokens = chunk.num_prompt_tokens
+        msg.completion_tokens = chunk.num_generated_tokens
+        if chunk.seed is not None:
+            msg.seed = chunk.seed
+        if chunk.stop_token_id is not None:
+            msg.stop_token_id = chunk.stop_token_id
+    return msg
+
+
+class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
+    """Serves token-level generation from one engine."""
+
+    def __init__(self, engine: Engine, tokenizer_fingerprint: str) -> None:
+        self._engine = engine
+        self._fingerprint = tokenizer_fingerprint
+
+    async def Generate(  # noqa: N802 (gRPC method name)
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            validated = validate_request(request_from_pb(request), self._engine.info)
+            # aclosing: a cancelled call closes the stream, which aborts the request in the engine
+            async with contextlib.aclosing(self._engine.generate(validated)) as chunks:
+                async for chunk in chunks:
+                    yield chunk_to_pb(chunk)
+        except RequestError as error:
+            await abort_with(context, error)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        info = self._engine.info
+        caps = info.capabilities
+        return pb.GetModelInfoResponse(
+            model=info.model_name, engine=info.engine, vocab_size=info.vocab_size,
+            eos_token_ids=list(info.eos_token_ids), max_input_tokens=info.max_input_tokens,
+            max_total_tokens=info.max_total_tokens, max_new_tokens=info.max_new_tokens,
+            default_max_new_tokens=info.default_max_new_tokens, max_batch_size=info.max_batch_size,
+            tokenizer_fingerprint=self._fingerprint,
+            capabilities=pb.EngineCapabilities(
+                seed=caps.seed, repetition_penalty=caps.repetition_penalty, min_new_tokens=caps.min_new_tokens,
+                max_top_logprobs=caps.max_top_logprobs, logprobs=caps.logprobs),
+        )
+
+    async def GetLoad(  # noqa: N802
+        self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLoadResponse:
+        load = self._engine.load()
+        return pb.GetLoadResponse(queued_requests=load.queued_requests, running_requests=load.running_requests,
+                                  cache_utilization=load.cache_utilization, max_batch_size=load.max_batch_size)

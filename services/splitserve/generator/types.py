@@ -1,0 +1,103 @@
+"""Plain data types of the generator tier: requests, outputs, limits and load."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.Enum):
+    """Why a token stream ended."""
+
+    LENGTH = "length"
+    EOS_TOKEN = "eos_token"
+    STOP_TOKEN = "stop_token"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling knobs; None means greedy / no filtering / no penalty."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    @property
+    def is_greedy(self) -> bool:
+        return not self.temperature  # None or 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One token-level generation request, as the engine sees it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int | None = None  # None: the engine's default
+    min_new_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """One generated token."""
+
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """Tokens produced since the previous chunk; the last chunk of a stream has `finish_reason` set."""
+
+    tokens: list[TokenOutput]
+    finish_reason: FinishReason | None = None
+    stop_token_id: int | None = None
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """Optional features an engine honours (requests using others are refused, never ignored)."""
+
+    seed: bool = False
+    repetition_penalty: bool = False
+    min_new_tokens: bool = False
+    logprobs: bool = False
+    max_top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine serves and the limits every request is checked against."""
+
+    model_name: str
+    engine: str
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    max_input_tokens: int
+    max_total_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+    max_batch_size: int
+    capabilities: EngineCapabilities
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """A snapshot of the engine's load."""
+
+    queued_requests: int
+    running_requests: int
+    cache_utilization: float
+    max_batch_size: int

@@ -1,0 +1,90 @@
+"""Checks a request against the engine's limits and capabilities before it reaches the engine.
+
+Engines such as transformers' continuous batching fail for everyone on one bad request, so nothing
+unchecked is ever submitted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from splitserve.common.errors import InvalidRequest
+from splitserve.generator.types import EngineInfo, GenerationRequest, SamplingParams
+
+
+def validate_request(request: GenerationRequest, info: EngineInfo) -> GenerationRequest:
+    """Returns the request with defaults filled in, or raises InvalidRequest naming the limit."""
+    _check_prompt(request.prompt_token_ids, info)
+    max_new = _resolve_max_new_tokens(request, info)
+    _check_sampling(request.sampling, info)
+    _check_stopping(request, info, max_new)
+    _check_outputs(request, info)
+    return replace(request, max_new_tokens=max_new)
+
+
+def _check_prompt(prompt: list[int], info: EngineInfo) -> None:
+    if not prompt:
+        raise InvalidRequest("prompt is empty: at least one token is required")
+    if len(prompt) > info.max_input_tokens:
+        raise InvalidRequest(
+            f"prompt has {len(prompt)} tokens, over the limit max_input_tokens={info.max_input_tokens}"
+        )
+    for position, token_id in enumerate(prompt):
+        if not 0 <= token_id < info.vocab_size:
+            raise InvalidRequest(
+                f"token id {token_id} at position {position} is out of vocabulary (vocab_size={info.vocab_size})"
+            )
+
+
+def _resolve_max_new_tokens(request: GenerationRequest, info: EngineInfo) -> int:
+    max_new = info.default_max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+    if max_new < 1:
+        raise InvalidRequest("max_new_tokens must be at least 1")
+    if max_new > info.max_new_tokens:
+        raise InvalidRequest(f"max_new_tokens={max_new} is over the limit max_new_tokens={info.max_new_tokens}")
+    total = len(request.prompt_token_ids) + max_new
+    if total > info.max_total_tokens:
+        raise InvalidRequest(
+            f"prompt ({len(request.prompt_token_ids)} tokens) + max_new_tokens ({max_new}) = {total} is over "
+            f"the limit max_total_tokens={info.max_total_tokens}"
+        )
+    return max_new
+
+
+def _check_sampling(sampling: SamplingParams, info: EngineInfo) -> None:
+    caps = info.capabilities
+    if sampling.temperature is not None and not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+        raise InvalidRequest(f"temperature must be a finite number >= 0, got {sampling.temperature}")
+    if sampling.top_p is not None and not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
+        raise InvalidRequest(f"top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.top_k is not None and sampling.top_k < 0:
+        raise InvalidRequest(f"top_k must be >= 0, got {sampling.top_k}")
+    penalty = sampling.repetition_penalty
+    if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
+        raise InvalidRequest(f"repetition_penalty must be a finite number > 0, got {penalty}")
+    if penalty not in (None, 1.0) and not caps.repetition_penalty:
+        raise InvalidRequest(f"engine {info.engine!r} does not support repetition_penalty")
+    if sampling.seed is not None and not sampling.is_greedy and not caps.seed:
+        raise InvalidRequest(f"engine {info.engine!r} does not support per-request seeds for sampling")
+
+
+def _check_stopping(request: GenerationRequest, info: EngineInfo, max_new: int) -> None:
+    if request.min_new_tokens < 0 or request.min_new_tokens > max_new:
+        raise InvalidRequest(f"min_new_tokens={request.min_new_tokens} must be between 0 and max_new_tokens={max_new}")
+    if request.min_new_tokens and not info.capabilities.min_new_tokens:
+        raise InvalidRequest(f"engine {info.engine!r} does not support min_new_tokens")
+    for token_id in request.stop_token_ids:
+        if not 0 <= token_id < info.vocab_size:
+            raise InvalidRequest(f"stop token id {token_id} is out of vocabulary (vocab_size={info.vocab_size})")
+
+
+def _check_outputs(request: GenerationRequest, info: EngineInfo) -> None:
+    caps = info.capabilities
+    if request.logprobs and not caps.logprobs:
+        raise InvalidRequest(f"engine {info.engine!r} does not return logprobs")
+    if request.top_logprobs > caps.max_top_logprobs:
+        raise InvalidRequest(
+            f"top_logprobs={request.top_logprobs} is over the limit max_top_logprobs={caps.max_top_logprobs} "
+            f"of engine {info.engine!r}"
+        )
