@@ -1,1 +1,13 @@
-"""Python client for the public API of splitserve."""
+"""Python client for the public API of splitserve (async and sync).
+
+    from splitserve.client import Client
+    with Client("127.0.0.1:50051") as client:
+        for delta in client.generate_stream("The capital of France is"):
+            print(delta.text, end="")
+"""
+
+from splitserve.client.aio import AsyncClient
+from splitserve.client.sync import Client
+from splitserve.client.types import Chat, Completion, Delta, GenerationOptions
+
+__all__ = ["AsyncClient", "Chat", "Client", "Completion", "Delta", "GenerationOptions"]

@@ -49,8 +49,8 @@ class BoundServer:
     health: HealthReporter
 
 
-def create_server(address: str, service_names: Sequence[str],
-                  interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> BoundServer:
+async def create_server(address: str, service_names: Sequence[str],
+                        interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> BoundServer:
     """Creates a server with health (NOT_SERVING) and reflection; the caller adds its servicers."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     health_servicer = health.aio.HealthServicer()
@@ -60,7 +60,9 @@ def create_server(address: str, service_names: Sequence[str],
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return BoundServer(server, port, HealthReporter(health_servicer, service_names))
+    reporter = HealthReporter(health_servicer, service_names)
+    await reporter.set(False)  # the health servicer starts as SERVING for "": not until we are warm
+    return BoundServer(server, port, reporter)
 
 
 async def wait_for_termination(bound: BoundServer, grace_seconds: float) -> None:

@@ -40,19 +40,24 @@ class GeneratorServer:
 
 async def start_generator(config: GeneratorConfig) -> GeneratorServer:
     """Binds the port, loads and warms the engine, then reports SERVING."""
-    bound = create_server(config.address, [SERVICE_NAME])
+    bound = await create_server(config.address, [SERVICE_NAME])
     loop = asyncio.get_running_loop()
 
-    def on_health(serving: bool) -> None:  # engine events may come from any task
-        loop.create_task(bound.health.set(serving))
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_health(serving: bool) -> None:  # called from engine tasks; keep a reference until done
+        task = loop.create_task(bound.health.set(serving))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     engine = create_engine(config, on_health)
     fingerprint = await asyncio.to_thread(lambda: tokenizer_fingerprint(AutoTokenizer.from_pretrained(
         config.model_path)))
-    tokens_pb2_grpc.add_TokenGenerationServiceServicer_to_server(
-        TokenGenerationServicer(engine, fingerprint), bound.server)
+    servicer = TokenGenerationServicer(engine, fingerprint)
+    tokens_pb2_grpc.add_TokenGenerationServiceServicer_to_server(servicer, bound.server)
     await bound.server.start()  # health answers NOT_SERVING while the model loads
     await engine.start()
+    servicer.ready = True
     await bound.health.set(True)
     log.info("generator serving %s (%s engine) on port %d", config.model_name, config.engine, bound.port)
     return GeneratorServer(bound, engine, config)

@@ -10,7 +10,7 @@ import grpc
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
-from splitserve.common.errors import RequestError
+from splitserve.common.errors import NotReady, RequestError
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.types import (
@@ -76,11 +76,17 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
     def __init__(self, engine: Engine, tokenizer_fingerprint: str) -> None:
         self._engine = engine
         self._fingerprint = tokenizer_fingerprint
+        self.ready = False  # set once the engine has started; until then calls are UNAVAILABLE
 
-    async def Generate(  # noqa: N802 (gRPC method name)
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("the generator is loading its model; retry shortly")
+
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
+            self._check_ready()
             validated = validate_request(request_from_pb(request), self._engine.info)
             # aclosing: a cancelled call closes the stream, which aborts the request in the engine
             async with contextlib.aclosing(self._engine.generate(validated)) as chunks:
@@ -89,9 +95,13 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
         except RequestError as error:
             await abort_with(context, error)
 
-    async def GetModelInfo(  # noqa: N802
+    async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
+        try:
+            self._check_ready()
+        except RequestError as error:
+            await abort_with(context, error)
         info = self._engine.info
         caps = info.capabilities
         return pb.GetModelInfoResponse(
@@ -105,9 +115,13 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
                 max_top_logprobs=caps.max_top_logprobs, logprobs=caps.logprobs),
         )
 
-    async def GetLoad(  # noqa: N802
+    async def GetLoad(
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetLoadResponse:
+        try:
+            self._check_ready()
+        except RequestError as error:
+            await abort_with(context, error)
         load = self._engine.load()
         return pb.GetLoadResponse(queued_requests=load.queued_requests, running_requests=load.running_requests,
                                   cache_utilization=load.cache_utilization, max_batch_size=load.max_batch_size)

@@ -1,0 +1,57 @@
+"""Blocking client (plain grpc channel)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from splitserve.api.text.v1 import text_pb2 as pb
+from splitserve.api.text.v1 import text_pb2_grpc
+from splitserve.client.types import (
+    Completion,
+    Delta,
+    GenerationOptions,
+    Input,
+    build_request,
+    completion_from_pb,
+    delta_from_pb,
+)
+
+
+class Client:
+    """Blocking client; errors surface as grpc.RpcError with the server's status code."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = text_pb2_grpc.TextGenerationServiceStub(self._channel)
+
+    def generate(self, prompt: Input, options: GenerationOptions | None = None,
+                 timeout: float | None = None) -> Completion:
+        stream_msg = build_request(prompt, options or GenerationOptions())
+        msg = pb.GenerateRequest.FromString(stream_msg.SerializeToString())
+        return completion_from_pb(self._stub.Generate(msg, timeout=timeout))
+
+    def generate_stream(self, prompt: Input, options: GenerationOptions | None = None,
+                        timeout: float | None = None) -> Iterator[Delta]:
+        """Yields text deltas; closing the generator (or breaking out) cancels the request."""
+        call = self._stub.GenerateStream(build_request(prompt, options or GenerationOptions()), timeout=timeout)
+        try:
+            for msg in call:
+                yield delta_from_pb(msg)
+        finally:
+            call.cancel()
+
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self._stub.Tokenize(pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens)).ids)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return str(self._stub.Detokenize(pb.DetokenizeRequest(ids=ids)).text)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,96 @@
+"""Plain types of the client API; protobuf stays inside the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from splitserve.api.text.v1 import text_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Chat input: (role, content) pairs rendered with the model's chat template."""
+
+    messages: list[tuple[str, str]]
+    add_generation_prompt: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling and stopping options; None leaves the server default."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    request_id: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One streamed text delta; the last one has finish_reason set."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    stop_sequence: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole completion."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stop_sequence: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Input = str | Chat | list[int]
+
+
+def finish_name(value: int) -> str | None:
+    if value == pb.FINISH_REASON_UNSPECIFIED:
+        return None
+    return pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()  # type: ignore[arg-type]
+
+
+def build_request(prompt: Input, options: GenerationOptions) -> pb.GenerateStreamRequest:
+    """The request message for either Generate RPC (both share their fields)."""
+    msg = pb.GenerateStreamRequest(
+        request_id=options.request_id, model=options.model,
+        sampling=pb.SamplingParams(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                                   seed=options.seed),
+        stopping=pb.StoppingCriteria(max_new_tokens=options.max_new_tokens, stop=options.stop,
+                                     stop_token_ids=options.stop_token_ids, ignore_eos=options.ignore_eos),
+        options=pb.ResponseOptions(include_tokens=True, logprobs=options.logprobs),
+    )
+    if isinstance(prompt, str):
+        msg.prompt = prompt
+    elif isinstance(prompt, Chat):
+        msg.chat.CopyFrom(pb.ChatInput(messages=[pb.ChatMessage(role=r, content=c) for r, c in prompt.messages],
+                                       add_generation_prompt=prompt.add_generation_prompt))
+    else:
+        msg.token_ids.ids.extend(prompt)
+    return msg
+
+
+def delta_from_pb(msg: pb.GenerateStreamResponse) -> Delta:
+    return Delta(msg.text, [t.id for t in msg.tokens], finish_name(msg.finish_reason), msg.stop_sequence,
+                 msg.usage.prompt_tokens, msg.usage.completion_tokens)
+
+
+def completion_from_pb(msg: pb.GenerateResponse) -> Completion:
+    return Completion(msg.request_id, msg.text, [t.id for t in msg.tokens], finish_name(msg.finish_reason) or "",
+                      msg.stop_sequence, msg.usage.prompt_tokens, msg.usage.completion_tokens)

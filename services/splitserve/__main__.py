@@ -1,0 +1,7 @@
+"""`python -m splitserve` runs the command line."""
+
+import sys
+
+from splitserve.cli import main
+
+sys.exit(main())

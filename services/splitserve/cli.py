@@ -1,0 +1,129 @@
+"""The `splitserve` command: run either tier, both together, or a client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from splitserve.common.model_store import DEFAULT_MODEL, default_cache_dir, resolve_model
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a local Hugging Face model folder, or 'default' for the embedded SmolLM2-135M-Instruct")
+    parser.add_argument("--model-name", default=None, help="name to serve the model under (default: folder name)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the default model is cached")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def _model(args: argparse.Namespace) -> tuple[str, str]:
+    path, name = resolve_model(args.model, args.cache_dir or default_cache_dir())
+    return str(path), args.model_name or name
+
+
+def _run_generator(args: argparse.Namespace) -> int:
+    from splitserve.generator import config
+    from splitserve.generator.server import run_generator
+
+    asyncio.run(run_generator(config.from_args(args, *_model(args))))
+    return 0
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    from splitserve.tokenizer import config
+    from splitserve.tokenizer.server import run_tokenizer
+
+    asyncio.run(run_tokenizer(config.from_args(args, *_model(args))))
+    return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from splitserve.local_stack import run_up
+
+    return run_up(args, *_model(args))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from splitserve.local_stack import run_demo
+
+    return run_demo(args, *_model(args))
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from splitserve.terminal import stream_to_terminal
+
+    return stream_to_terminal(args)
+
+
+def _run_fetch_model(args: argparse.Namespace) -> int:
+    path, name = _model(args)
+    print(f"{name}: {path}")
+    return 0
+
+
+def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="?", default="The capital of France is")
+    parser.add_argument("--chat", action="store_true", help="send the prompt as one user chat message")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="0 or unset: greedy")
+    parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from splitserve.generator import config as generator_config
+    from splitserve.tokenizer import config as tokenizer_config
+
+    parser = argparse.ArgumentParser(prog="splitserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generator", help="run the generator tier (token IDs in, token IDs out)")
+    _add_model_arguments(gen)
+    generator_config.add_arguments(gen)
+    gen.set_defaults(func=_run_generator)
+
+    tok = sub.add_parser("tokenizer", help="run the tokenizer tier (the public text API)")
+    _add_model_arguments(tok)
+    tokenizer_config.add_arguments(tok)
+    tok.set_defaults(func=_run_tokenizer)
+
+    for name, func, text in (("up", _run_up, "run both tiers on loopback until Ctrl-C"),
+                             ("demo", _run_demo, "start both tiers, stream one generation, stop")):
+        cmd = sub.add_parser(name, help=text)
+        _add_model_arguments(cmd)
+        cmd.add_argument("--address", default="127.0.0.1:50051", help="public API address")
+        cmd.add_argument("--generator-address", default="127.0.0.1:50052")
+        cmd.add_argument("--engine", default="torch")
+        if name == "demo":
+            _add_generate_arguments(cmd)
+        cmd.set_defaults(func=func)
+
+    client = sub.add_parser("generate", help="stream a generation from a running service to the terminal")
+    client.add_argument("--address", default="127.0.0.1:50051")
+    _add_generate_arguments(client)
+    client.set_defaults(func=_run_generate)
+
+    fetch = sub.add_parser("fetch-model", help="fetch and convert the default model into the cache")
+    _add_model_arguments(fetch)
+    fetch.set_defaults(func=_run_fetch_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as error:
+        print(f"splitserve: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Engine "trtllm": TensorRT-LLM's LLM API (1.x) on a Hugging Face checkpoint, with in-flight batching.
+
+TensorRT-LLM runs without its tokenizer (`skip_tokenizer_init=True`, `detokenize=False`): the
+tokenizer tier owns text, so end/pad ids come from the model folder. Facts this adapter relies on:
+- `generate_async(..., streaming=True)` yields outputs whose `token_ids_diff` may hold several tokens;
+- leaving the `async for` does not abort the request: `abort()` is called when our stream closes;
+- failures surface as ValueError (prompt too long, bad params), RequestError (one request failed)
+  and RuntimeError("LLM is shutting down").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from splitserve.common.errors import EngineUnavailable, InvalidRequest, RequestError
+from splitserve.generator.engine import HealthListener
+from splitserve.generator.engines.trtllm_common import (
+    Admission,
+    ModelFacts,
+    StreamState,
+    import_trtllm,
+    read_model_facts,
+    require_tensorrt_llm,
+    stop_reason_of,
+)
+from splitserve.generator.engines.trtllm_sampling import llmapi_kwargs
+from splitserve.generator.types import (
+    EngineCapabilities,
+    EngineInfo,
+    EngineLoad,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    TokenOutput,
+)
+
+if TYPE_CHECKING:
+    from splitserve.generator.config import GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, min_new_tokens=True, logprobs=True)
+
+
+class TrtllmLlmApiEngine:
+    """TensorRT-LLM's LLM API behind the engine interface."""
+
+    def __init__(self, config: GeneratorConfig, on_health: HealthListener) -> None:
+        require_tensorrt_llm()
+        self._config = config
+        self._on_health = on_health
+        self._facts: ModelFacts | None = None
+        self._llmapi: ModuleType | None = None
+        self._llm: Any = None
+        self._admission = Admission(config.max_batch_size, config.max_queued_requests)
+        self._held_tokens = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._facts is None:
+            raise RuntimeError("engine not started")
+        cfg = self._config
+        return EngineInfo(
+            model_name=cfg.model_name, engine="trtllm", vocab_size=self._facts.vocab_size,
+            eos_token_ids=self._facts.eos_token_ids, max_input_tokens=cfg.max_input_tokens,
+            max_total_tokens=cfg.max_total_tokens, max_new_tokens=cfg.max_new_tokens,
+            default_max_new_tokens=cfg.default_max_new_tokens, max_batch_size=cfg.max_batch_size,
+            capabilities=CAPABILITIES,
+        )
+
+    async def start(self) -> None:
+        self._facts = await asyncio.to_thread(read_model_facts, self._config.model_path)
+        self._llmapi = import_trtllm("tensorrt_llm.llmapi")
+        self._llm = await asyncio.to_thread(self._create_llm, self._llmapi)
+        warm = GenerationRequest("warm-up", [self._facts.end_id], max_new_tokens=2)
+        async for _ in self.generate(warm):
+            pass
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self._admission.enter()
+        held = len(request.prompt_token_ids) + (request.max_new_tokens or 0)
+        self._held_tokens += held
+        finished = False
+        result: Any = None
+        try:
+            result = self._submit(request)
+            state, outputs = StreamState(request), result.__aiter__()
+            while not finished:
+                chunk = self._to_chunk(await self._next_output(outputs), state)
+                finished = chunk.finish_reason is not None
+                if chunk.tokens or finished:
+                    yield chunk
+        finally:
+            if result is not None and not finished:
+                result.abort()  # leaving the async-for alone would keep the request running
+            self._held_tokens -= held
+            self._admission.leave()
+
+    def load(self) -> EngineLoad:
+        cfg, in_flight = self._config, self._admission.in_flight
+        capacity = cfg.max_batch_size * cfg.max_total_tokens
+        return EngineLoad(queued_requests=max(0, in_flight - cfg.max_batch_size),
+                          running_requests=min(in_flight, cfg.max_batch_size),
+                          cache_utilization=min(1.0, self._held_tokens / capacity),
+                          max_batch_size=cfg.max_batch_size)
+
+    async def stop(self) -> None:
+        if self._llm is not None:
+            await asyncio.to_thread(self._llm.shutdown)
+            self._llm = None
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def _create_llm(self, llmapi: ModuleType) -> Any:
+        cfg = self._config
+        log.info("loading %s with TensorRT-LLM's LLM API (tensor_parallel_size=%d)",
+                 cfg.model_path, cfg.tensor_parallel_size)
+        return llmapi.LLM(
+            model=cfg.model_path, skip_tokenizer_init=True, tensor_parallel_size=cfg.tensor_parallel_size,
+            dtype=cfg.dtype, max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_total_tokens,
+            max_input_len=cfg.max_input_tokens,
+            # chunked prefill is off: a prompt longer than max_num_tokens would be refused
+            max_num_tokens=max(cfg.max_batch_tokens, cfg.max_input_tokens),
+            kv_cache_config=llmapi.KvCacheConfig(
+                free_gpu_memory_fraction=cfg.kv_cache_free_gpu_memory_fraction),
+        )
+
+    def _submit(self, request: GenerationRequest) -> Any:
+        if self._llm is None or self._llmapi is None or self._facts is None:
+            raise EngineUnavailable("engine is not running")
+        try:
+            params = self._llmapi.SamplingParams(**llmapi_kwargs(request, self._facts))
+            return self._llm.generate_async(request.prompt_token_ids, sampling_params=params, streaming=True)
+        except Exception as error:
+            raise self._request_error(error) from error
+
+    async def _next_output(self, outputs: AsyncIterator[Any]) -> Any:
+        try:
+            return await outputs.__anext__()
+        except StopAsyncIteration:
+            raise EngineUnavailable("engine ended the stream without a finish reason") from None
+        except Exception as error:
+            raise self._request_error(error) from error
+
+    def _to_chunk(self, output: Any, state: StreamState) -> GenerationChunk:
+        completion = output.outputs[0]
+        new_ids = [int(t) for t in completion.token_ids_diff]
+        logprobs = list(completion.logprobs_diff or []) if state.request.logprobs else []
+        tokens = [TokenOutput(t, _logprob(logprobs, i, t)) for i, t in enumerate(new_ids)]
+        if not output.finished:
+            return state.chunk(tokens)
+        reason, stop_id = self._finish(completion, state.request)
+        return state.final(tokens, reason, stop_id)
+
+    def _finish(self, completion: Any, request: GenerationRequest) -> tuple[FinishReason, int | None]:
+        assert self._facts is not None
+        if completion.finish_reason == "stop":
+            if isinstance(completion.stop_reason, int):  # a stop token id, kept in the output
+                return stop_reason_of(completion.stop_reason, request, self._facts)
+            return FinishReason.EOS_TOKEN, self._facts.end_id  # end_id: not in the output
+        if completion.finish_reason in ("cancelled", "timeout"):
+            return FinishReason.CANCELLED, None
+        return FinishReason.LENGTH, None
+
+    def _request_error(self, error: Exception) -> RequestError:
+        if isinstance(error, RequestError):
+            return error
+        request_error = getattr(self._llmapi, "RequestError", None)
+        if request_error is not None and isinstance(error, request_error):
+            return InvalidRequest(f"TensorRT-LLM refused the request: {error}")
+        if isinstance(error, ValueError):
+            return InvalidRequest(f"TensorRT-LLM refused the request: {error}")
+        if isinstance(error, RuntimeError) and "shutting down" in str(error):
+            return EngineUnavailable("generator is shutting down; retry on another replica")
+        return EngineUnavailable(f"engine failed the request: {error}")
+
+
+def _logprob(logprobs: list[Any], index: int, token_id: int) -> float | None:
+    """A token's logprob; 1.x gives {token_id: Logprob(logprob, rank)} per token, older lines a float."""
+    if index >= len(logprobs):
+        return None
+    entry = logprobs[index]
+    if isinstance(entry, dict):
+        entry = entry.get(token_id)
+        return None if entry is None else float(getattr(entry, "logprob", entry))
+    return float(entry)

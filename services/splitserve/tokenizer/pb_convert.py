@@ -1,0 +1,124 @@
+"""Public protobuf messages ⇄ the tokenizer tier's plain types (the only place both meet)."""
+
+from __future__ import annotations
+
+import uuid
+
+from splitserve.api.text.v1 import text_pb2 as pb
+from splitserve.common.errors import InvalidRequest
+from splitserve.generator.types import GenerationRequest, SamplingParams
+from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
+from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
+
+AnyGenerateRequest = pb.GenerateRequest | pb.GenerateStreamRequest
+
+_FINISH = {
+    TextFinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    TextFinishReason.EOS_TOKEN: pb.FINISH_REASON_EOS_TOKEN,
+    TextFinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
+    TextFinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
+    TextFinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def request_id_of(msg: AnyGenerateRequest) -> str:
+    return msg.request_id or uuid.uuid4().hex
+
+
+def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec, config: TokenizerConfig) -> list[int]:
+    """Token IDs for whichever input the request carries."""
+    kind = msg.WhichOneof("input")
+    if kind in ("prompt", "text"):
+        text: str = getattr(msg, kind)
+        if len(text) > config.max_prompt_chars:
+            raise InvalidRequest(f"prompt has {len(text)} characters, over the limit "
+                                 f"max_prompt_chars={config.max_prompt_chars}")
+        add_special = isinstance(msg, pb.TokenizeRequest) and msg.add_special_tokens
+        return codec.encode_text(text, add_special_tokens=add_special)
+    if kind == "chat":
+        chat = msg.chat
+        if sum(len(m.content) for m in chat.messages) > config.max_prompt_chars:
+            raise InvalidRequest(f"chat content is over the limit max_prompt_chars={config.max_prompt_chars}")
+        return codec.encode_chat([ChatMessage(m.role, m.content) for m in chat.messages],
+                                 chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True,
+                                 chat.allow_special_tokens_in_content)
+    if kind == "token_ids":
+        return list(msg.token_ids.ids)  # type: ignore[union-attr]
+    raise InvalidRequest("the request has no input: set one of prompt, chat or token_ids")
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_k=s.top_k if s.HasField("top_k") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+        seed=s.seed if s.HasField("seed") else None,
+    )
+
+
+def check_stops(stops: list[str], config: TokenizerConfig) -> None:
+    if len(stops) > config.max_stop_sequences:
+        raise InvalidRequest(f"{len(stops)} stop sequences, over the limit max_stop_sequences="
+                             f"{config.max_stop_sequences}")
+    for stop in stops:
+        if not stop or len(stop) > config.max_stop_sequence_length:
+            raise InvalidRequest(f"stop sequence of length {len(stop)} is outside 1..max_stop_sequence_length="
+                                 f"{config.max_stop_sequence_length}")
+
+
+def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: list[int],
+                         config: TokenizerConfig) -> TextRequest:
+    stopping, options = msg.stopping, msg.options
+    stops = list(stopping.stop)
+    check_stops(stops, config)
+    generation = GenerationRequest(
+        request_id=request_id, prompt_token_ids=prompt_ids, sampling=sampling_from_pb(msg.sampling),
+        max_new_tokens=stopping.max_new_tokens if stopping.HasField("max_new_tokens") else None,
+        min_new_tokens=stopping.min_new_tokens, stop_token_ids=tuple(stopping.stop_token_ids),
+        ignore_eos=stopping.ignore_eos, logprobs=options.logprobs or options.top_logprobs > 0,
+        top_logprobs=options.top_logprobs,
+    )
+    return TextRequest(
+        generation=generation, stop=tuple(stops),
+        include_tokens=options.include_tokens or options.logprobs or options.top_logprobs > 0,
+        skip_special_tokens=options.skip_special_tokens if options.HasField("skip_special_tokens") else True,
+    )
+
+
+def tokens_to_pb(chunk: TextChunk, codec: TextCodec) -> list[pb.Token]:
+    return [
+        pb.Token(id=t.token_id, text=t.text, logprob=t.logprob,
+                 top_logprobs=[pb.TopLogprob(id=i, text=codec.decode([i], False), logprob=lp)
+                               for i, lp in t.top_logprobs])
+        for t in chunk.tokens
+    ]
+
+
+def stream_response(chunk: TextChunk, request_id: str, codec: TextCodec) -> pb.GenerateStreamResponse:
+    msg = pb.GenerateStreamResponse(request_id=request_id, text=chunk.text, tokens=tokens_to_pb(chunk, codec))
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH[chunk.finish_reason]
+        msg.stop_sequence = chunk.stop_sequence
+        msg.usage.CopyFrom(pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens))
+        if chunk.seed is not None:
+            msg.seed = chunk.seed
+        if chunk.stop_token_id is not None:
+            msg.stop_token_id = chunk.stop_token_id
+    return msg
+
+
+def unary_response(parts: list[pb.GenerateStreamResponse], request_id: str, model: str) -> pb.GenerateResponse:
+    """Folds a finished stream into one response."""
+    last = parts[-1]
+    msg = pb.GenerateResponse(
+        request_id=request_id, model=model, text="".join(p.text for p in parts),
+        tokens=[t for p in parts for t in p.tokens], finish_reason=last.finish_reason,
+        stop_sequence=last.stop_sequence, usage=last.usage,
+    )
+    if last.HasField("seed"):
+        msg.seed = last.seed
+    if last.HasField("stop_token_id"):
+        msg.stop_token_id = last.stop_token_id
+    return msg

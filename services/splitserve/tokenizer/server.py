@@ -1,0 +1,72 @@
+"""Starts the tokenizer tier: checks the generator's tokenizer, then serves the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from splitserve.api.text.v1 import text_pb2, text_pb2_grpc
+from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer.generator_client import GeneratorClient
+from splitserve.tokenizer.servicer import TextGenerationServicer
+from splitserve.tokenizer.text_codec import TextCodec
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name
+
+
+class TokenizerMismatch(RuntimeError):
+    """The generator's tokenizer differs from ours: token IDs would mean different text."""
+
+
+@dataclass
+class TokenizerServer:
+    """A running tokenizer tier."""
+
+    bound: BoundServer
+    generator: GeneratorClient
+    config: TokenizerConfig
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.bound.health.set(False)
+        await self.bound.server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.generator.close()
+
+
+async def start_tokenizer(config: TokenizerConfig) -> TokenizerServer:
+    """Loads the tokenizer, waits for the generator, checks fingerprints, then reports SERVING."""
+    bound = await create_server(config.address, [SERVICE_NAME])
+    servicer = TextGenerationServicer(config)
+    text_pb2_grpc.add_TextGenerationServiceServicer_to_server(servicer, bound.server)
+    await bound.server.start()  # NOT_SERVING until the checks below pass
+    codec = await asyncio.to_thread(TextCodec, config.model_path)
+    generator = GeneratorClient(config.generator_address)
+    info = await generator.model_info(timeout=config.generator_wait_seconds)
+    if info.tokenizer_fingerprint != codec.fingerprint:
+        await bound.server.stop(0)
+        await generator.close()
+        raise TokenizerMismatch(
+            f"refusing to serve: the generator at {config.generator_address} uses a different tokenizer "
+            f"(fingerprint {info.tokenizer_fingerprint[:12]}…, ours {codec.fingerprint[:12]}…); start both tiers "
+            "with the same model"
+        )
+    servicer.set_ready(codec, generator, info)
+    await bound.health.set(True)
+    log.info("tokenizer tier serving %s on port %d (generator %s)", config.model_name, bound.port,
+             config.generator_address)
+    return TokenizerServer(bound, generator, config)
+
+
+async def run_tokenizer(config: TokenizerConfig) -> None:
+    """The tokenizer process: serve until SIGTERM, then drain and stop."""
+    server = await start_tokenizer(config)
+    print(f"tokenizer ready on {config.address.rsplit(':', 1)[0]}:{server.port}", flush=True)
+    await wait_for_termination(server.bound, config.grace_seconds)
+    await server.generator.close()

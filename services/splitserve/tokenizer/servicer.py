@@ -1,0 +1,131 @@
+"""The public API's gRPC edge: text requests in, text deltas out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from splitserve.api.text.v1 import text_pb2 as pb
+from splitserve.api.text.v1 import text_pb2_grpc
+from splitserve.api.tokens.v1 import tokens_pb2
+from splitserve.common.errors import InvalidRequest, ModelNotFound, NotReady, RequestError
+from splitserve.common.status import abort_with
+from splitserve.tokenizer import pb_convert
+from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer.generator_client import GeneratorClient
+from splitserve.tokenizer.pipeline import generate_text
+from splitserve.tokenizer.text_codec import TextCodec
+
+# Prompts longer than this are tokenized on a worker thread so the event loop keeps streaming.
+OFF_LOOP_PROMPT_CHARS = 8192
+
+
+class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
+    """Serves the public text API in front of one generator."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        self._config = config
+        self._ready: tuple[TextCodec, GeneratorClient, tokens_pb2.GetModelInfoResponse] | None = None
+
+    def set_ready(self, codec: TextCodec, generator: GeneratorClient,
+                  generator_info: tokens_pb2.GetModelInfoResponse) -> None:
+        """Starts answering; until then every call is UNAVAILABLE (the server binds before it loads)."""
+        self._ready = (codec, generator, generator_info)
+
+    @property
+    def _codec(self) -> TextCodec:
+        return self._parts()[0]
+
+    @property
+    def _generator(self) -> GeneratorClient:
+        return self._parts()[1]
+
+    @property
+    def _info(self) -> tokens_pb2.GetModelInfoResponse:
+        return self._parts()[2]
+
+    def _parts(self) -> tuple[TextCodec, GeneratorClient, tokens_pb2.GetModelInfoResponse]:
+        if self._ready is None:
+            raise NotReady("the tokenizer tier is starting; retry shortly")
+        return self._ready
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        request_id = pb_convert.request_id_of(request)
+        try:
+            parts = [part async for part in self._stream(request, request_id, context)]
+        except RequestError as error:
+            await abort_with(context, error)
+        return pb_convert.unary_response(parts, request_id, self._config.model_name)
+
+    async def GenerateStream(
+        self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        request_id = pb_convert.request_id_of(request)
+        try:
+            async for part in self._stream(request, request_id, context):
+                yield part
+        except RequestError as error:
+            await abort_with(context, error)
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        try:
+            self._check_model(request.model)
+            ids = await self._encode(request)
+            tokens = self._codec.token_strings(ids) if request.return_tokens else []
+            return pb.TokenizeResponse(ids=ids, tokens=tokens)
+        except RequestError as error:
+            await abort_with(context, error)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        try:
+            self._check_model(request.model)
+            bad = [i for i in request.ids if i >= self._info.vocab_size]
+            if bad:
+                raise InvalidRequest(f"token id {bad[0]} is out of vocabulary (vocab_size={self._info.vocab_size})")
+            skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
+            return pb.DetokenizeResponse(text=self._codec.decode(request.ids, skip))
+        except RequestError as error:
+            await abort_with(context, error)
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        try:
+            self._check_model(request.model)
+            info, cfg = self._info, self._config
+        except RequestError as error:
+            await abort_with(context, error)
+        return pb.GetModelInfoResponse(
+            model=cfg.model_name, engine=info.engine, vocab_size=info.vocab_size,
+            eos_token_ids=info.eos_token_ids, max_input_tokens=info.max_input_tokens,
+            max_total_tokens=info.max_total_tokens, max_new_tokens=info.max_new_tokens,
+            default_max_new_tokens=info.default_max_new_tokens, tokenizer_fingerprint=self._codec.fingerprint,
+            has_chat_template=self._codec.has_chat_template, max_stop_sequences=cfg.max_stop_sequences,
+            max_stop_sequence_length=cfg.max_stop_sequence_length,
+        )
+
+    async def _stream(self, request: pb_convert.AnyGenerateRequest, request_id: str,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
+        self._check_model(request.model)
+        prompt_ids = await self._encode(request)
+        text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config)
+        async for chunk in generate_text(self._codec, self._generator, text_request, context.time_remaining()):
+            yield pb_convert.stream_response(chunk, request_id, self._codec)
+
+    async def _encode(self, request: pb_convert.AnyGenerateRequest | pb.TokenizeRequest) -> list[int]:
+        size = len(request.prompt) if request.WhichOneof("input") == "prompt" else 0  # type: ignore[union-attr]
+        if size > OFF_LOOP_PROMPT_CHARS:
+            return await asyncio.to_thread(pb_convert.encode_input, request, self._codec, self._config)
+        return pb_convert.encode_input(request, self._codec, self._config)
+
+    def _check_model(self, model: str) -> None:
+        if model and model != self._config.model_name:
+            raise ModelNotFound(f"model {model!r} is not served here; this server serves {self._config.model_name!r}")

@@ -1,0 +1,83 @@
+"""Text ⇄ token IDs with the model's own tokenizer, chat templates included.
+
+User content in chat messages is tokenized with special tokens split, so a message containing
+"<|im_end|>" cannot close its turn, unless the caller explicitly allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from splitserve.common.errors import InvalidRequest
+from splitserve.common.fingerprint import tokenizer_fingerprint
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat turn."""
+
+    role: str
+    content: str
+
+
+class TextCodec:
+    """The tokenizer tier's tokenizer: encode prompts and chats, decode ids."""
+
+    def __init__(self, model_path: str) -> None:
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
+        self.fingerprint = tokenizer_fingerprint(self.tokenizer)
+        self.has_chat_template = bool(self.tokenizer.chat_template)
+
+    def encode_text(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_chat(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True,
+                    allow_special_tokens: bool = False) -> list[int]:
+        """Renders the chat template; content is kept from becoming control tokens unless allowed."""
+        if not messages:
+            raise InvalidRequest("chat has no messages")
+        if not self.has_chat_template:
+            raise InvalidRequest("this model has no chat template: send a prompt instead")
+        if allow_special_tokens:
+            return self.encode_text(self._render(messages, add_generation_prompt))
+        markers = [f"\x00splitserve-content-{i}\x00" for i in range(len(messages))]
+        rendered = self._render([ChatMessage(m.role, k) for m, k in zip(messages, markers, strict=True)],
+                                add_generation_prompt)
+        if not all(rendered.count(k) == 1 for k in markers):  # template rewrites content: render plainly
+            return self._encode_plain_content(messages, add_generation_prompt)
+        return self._encode_around_markers(rendered, messages, markers)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(ids))]
+
+    def _render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> str:
+        try:
+            return str(self.tokenizer.apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in messages],
+                tokenize=False, add_generation_prompt=add_generation_prompt))
+        except Exception as error:  # jinja raises for roles or orders the template forbids
+            raise InvalidRequest(f"chat template rejected the messages: {error}") from error
+
+    def _encode_around_markers(self, rendered: str, messages: Sequence[ChatMessage],
+                               markers: Sequence[str]) -> list[int]:
+        ids: list[int] = []
+        rest = rendered
+        for message, marker in zip(messages, markers, strict=True):
+            template_part, rest = rest.split(marker, 1)
+            ids += self.encode_text(template_part)
+            ids += self.tokenizer.encode(message.content, add_special_tokens=False, split_special_tokens=True)
+        return ids + self.encode_text(rest)
+
+    def _encode_plain_content(self, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> list[int]:
+        specials = [t for t in self.tokenizer.all_special_tokens if any(t in m.content for m in messages)]
+        if specials:
+            raise InvalidRequest(f"message content contains special tokens {specials}; "
+                                 "set allow_special_tokens_in_content to send them")
+        return self.encode_text(self._render(messages, add_generation_prompt))
