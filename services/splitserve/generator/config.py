@@ -28,6 +28,9 @@ class GeneratorConfig:
     kv_page_size: int = 64
     max_batch_tokens: int = 512
     grace_seconds: float = 10.0
+    engine_dir: str | None = None  # trtllm-engine: the prebuilt engine dir (model_path gives the tokenizer)
+    tensor_parallel_size: int = 1  # trtllm: GPUs per replica (trtllm-engine takes it from the engine)
+    kv_cache_free_gpu_memory_fraction: float = 0.9  # TensorRT-LLM engines: share of free GPU memory for KV
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-page-size", type=int, default=d.kv_page_size)
     parser.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens)
     parser.add_argument("--grace-seconds", type=float, default=d.grace_seconds)
+    parser.add_argument("--engine-dir", default=d.engine_dir,
+                        help="trtllm-engine: engine dir built by `splitserve build-engine`")
+    parser.add_argument("--tensor-parallel-size", type=int, default=d.tensor_parallel_size,
+                        help="trtllm: GPUs per model replica (see the README for the MPI launch)")
+    parser.add_argument("--kv-cache-free-gpu-memory-fraction", type=float,
+                        default=d.kv_cache_free_gpu_memory_fraction,
+                        help="TensorRT-LLM engines: share of free GPU memory the KV cache takes")
 
 
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
@@ -61,6 +71,8 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
         max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
         default_max_new_tokens=args.default_max_new_tokens, kv_cache_tokens=args.kv_cache_tokens,
         kv_page_size=args.kv_page_size, max_batch_tokens=args.max_batch_tokens, grace_seconds=args.grace_seconds,
+        engine_dir=args.engine_dir, tensor_parallel_size=args.tensor_parallel_size,
+        kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
     )
     check(config)
     return config
@@ -73,3 +85,9 @@ def check(config: GeneratorConfig) -> None:
         raise ValueError("--max-total-tokens must fit in --kv-cache-tokens (one request must fit the cache)")
     if not 1 <= config.default_max_new_tokens <= config.max_new_tokens:
         raise ValueError("--default-max-new-tokens must be between 1 and --max-new-tokens")
+    if config.engine == "trtllm-engine" and not config.engine_dir:
+        raise ValueError("--engine trtllm-engine needs --engine-dir")
+    if config.tensor_parallel_size < 1:
+        raise ValueError("--tensor-parallel-size must be at least 1")
+    if not 0 < config.kv_cache_free_gpu_memory_fraction <= 1:
+        raise ValueError("--kv-cache-free-gpu-memory-fraction must be in (0, 1]")

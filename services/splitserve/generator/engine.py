@@ -47,4 +47,12 @@ def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
         from splitserve.generator.engines.torch_engine import TorchEngine
 
         return TorchEngine(config, on_health)
+    if config.engine == "trtllm":
+        from splitserve.generator.engines.trtllm_llmapi import TrtllmLlmApiEngine
+
+        return TrtllmLlmApiEngine(config, on_health)
+    if config.engine == "trtllm-engine":
+        from splitserve.generator.engines.trtllm_executor import TrtllmEngineDirEngine
+
+        return TrtllmEngineDirEngine(config, on_health)
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_NAMES)}")

@@ -1,0 +1,67 @@
+"""Shared fixtures: both tiers in-process on loopback ports with the real default model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from splitserve.api.text.v1 import text_pb2_grpc
+from splitserve.api.tokens.v1 import tokens_pb2_grpc
+from splitserve.common.model_store import DEFAULT_MODEL_NAME, default_cache_dir, ensure_default_model
+from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.server import GeneratorServer, start_generator
+from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer.server import TokenizerServer, start_tokenizer
+
+# Small limits so the limit errors are cheap to reach.
+TEST_LIMITS = {"max_batch_size": 8, "max_total_tokens": 1024, "max_input_tokens": 768, "max_new_tokens": 256,
+               "default_max_new_tokens": 32, "kv_cache_tokens": 8192}
+
+
+@dataclass
+class Stack:
+    """Both tiers running in this process, and stubs to reach them."""
+
+    generator: GeneratorServer
+    tokenizer: TokenizerServer
+    text: text_pb2_grpc.TextGenerationServiceStub
+    tokens: tokens_pb2_grpc.TokenGenerationServiceStub
+
+    @property
+    def public_address(self) -> str:
+        return f"127.0.0.1:{self.tokenizer.port}"
+
+    @property
+    def generator_address(self) -> str:
+        return f"127.0.0.1:{self.generator.port}"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return ensure_default_model(default_cache_dir())
+
+
+def generator_config(model_dir: Path, **overrides: object) -> GeneratorConfig:
+    settings = {**TEST_LIMITS, **overrides}
+    return GeneratorConfig(str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0", grace_seconds=2,
+                           **settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def stack(model_dir: Path) -> AsyncIterator[Stack]:
+    generator = await start_generator(generator_config(model_dir))
+    tokenizer = await start_tokenizer(TokenizerConfig(
+        str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0",
+        generator_address=f"127.0.0.1:{generator.port}", generator_wait_seconds=60, grace_seconds=2))
+    text_channel = grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer.port}")
+    tokens_channel = grpc.aio.insecure_channel(f"127.0.0.1:{generator.port}")
+    yield Stack(generator, tokenizer, text_pb2_grpc.TextGenerationServiceStub(text_channel),
+                tokens_pb2_grpc.TokenGenerationServiceStub(tokens_channel))
+    await text_channel.close()
+    await tokens_channel.close()
+    await tokenizer.stop(1)
+    await generator.stop(1)
