@@ -1,0 +1,68 @@
+"""Units of the tokenizer tier: stop-string hold-back and exact streaming detokenization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
+from splitserve.tokenizer.stop_strings import StopStringMatcher
+
+
+def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> tuple[str, str | None]:
+    out = []
+    for piece in pieces:
+        text, matched = matcher.feed(piece)
+        out.append(text)
+        if matched:
+            return "".join(out), matched
+    return "".join(out) + matcher.flush(), None
+
+
+def test_stop_string_split_over_pieces_is_cut() -> None:
+    assert feed_all(StopStringMatcher(["END"]), ["abc E", "N", "D more"]) == ("abc ", "END")
+
+
+def test_partial_stop_is_released_when_it_cannot_match() -> None:
+    matcher = StopStringMatcher(["END"])
+    assert matcher.feed("abc EN") == ("abc ", None)
+    assert matcher.feed("x") == ("ENx", None)
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert feed_all(StopStringMatcher(["world", "lo w"]), ["hel", "lo world"]) == ("hel", "lo w")
+
+
+def test_held_text_is_flushed_at_the_end() -> None:
+    assert feed_all(StopStringMatcher(["STOP"]), ["the end ST"]) == ("the end ST", None)
+
+
+def test_no_stops_passes_text_through() -> None:
+    assert StopStringMatcher([]).feed("anything") == ("anything", None)
+
+
+TEXTS = ["Héllo wörld, café naïve — “quotes” …", "中国的首都是北京。日本語も大丈夫です。", "emoji 🎉🚀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
+         "mixed: Ærø 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ½ ∑ ∞ ₿"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_streaming_detokenization_equals_full_decode(model_dir: Path, text: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer.encode("Say it:", add_special_tokens=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(tokenizer, prompt)
+    pieces = [detok.step(i) for i in ids]
+    pieces.append(detok.flush())
+    assert "".join(pieces) == tokenizer.decode(ids) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert sum(1 for p in pieces if p == "") > 0 or len(text.encode()) == len(text)  # bytes were held back
+
+
+def test_incomplete_character_at_the_end_is_flushed_like_full_decode(model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.encode("🎉", add_special_tokens=False)[:-1]  # cut inside the character
+    detok = IncrementalDetokenizer(tokenizer, [])
+    streamed = "".join(detok.step(i) for i in ids) + detok.flush()
+    assert streamed == tokenizer.decode(ids)
