@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
-
 from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
 from splitserve.tokenizer.stop_strings import StopStringMatcher
+from transformers import AutoTokenizer
 
 
 def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> tuple[str, str | None]:
@@ -43,7 +42,8 @@ def test_no_stops_passes_text_through() -> None:
     assert StopStringMatcher([]).feed("anything") == ("anything", None)
 
 
-TEXTS = ["Héllo wörld, café naïve — “quotes” …", "中国的首都是北京。日本語も大丈夫です。", "emoji 🎉🚀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
+TEXTS = ["Héllo wörld, café naïve — “quotes” …", "中国的首都是北京。日本語も大丈夫です。",
+         "emoji 🎉🚀👍🏽 family 👨‍👩‍👧 flags 🇫🇷",
          "mixed: Ærø 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ½ ∑ ∞ ₿"]
 
 

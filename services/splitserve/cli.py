@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from splitserve.common.model_store import DEFAULT_MODEL, default_cache_dir, resolve_model
+from splitserve.common.request_log import configure_logging
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +25,33 @@ def _model(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _run_generator(args: argparse.Namespace) -> int:
+    from splitserve.common.telemetry import from_command_line
     from splitserve.generator import config
-    from splitserve.generator.server import run_generator
+    from splitserve.generator.engines.trtllm_mpi import run_worker_rank, serves_grpc
+    from splitserve.generator.server import OTEL_SERVICE_NAME, run_generator
 
-    asyncio.run(run_generator(config.from_args(args, *_model(args))))
+    generator_config = config.from_args(args, *_model(args))
+    if not serves_grpc():  # tensor parallel: ranks > 0 only step the engine with rank 0
+        run_worker_rank(generator_config)
+        return 0
+    asyncio.run(run_generator(generator_config, from_command_line(args, OTEL_SERVICE_NAME)))
     return 0
 
 
-def _run_tokenizer(args: argparse.Namespace) -> int:
-    from splitserve.tokenizer import config
-    from splitserve.tokenizer.server import run_tokenizer
+def _run_build_engine(args: argparse.Namespace) -> int:
+    from splitserve.generator.engines.trtllm_build import run_build_engine
 
-    asyncio.run(run_tokenizer(config.from_args(args, *_model(args))))
+    args.model_path = _model(args)[0]
+    return run_build_engine(args)
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    from splitserve.common.telemetry import from_command_line
+    from splitserve.tokenizer import config
+    from splitserve.tokenizer.server import OTEL_SERVICE_NAME, run_tokenizer
+
+    tokenizer_config = config.from_args(args, *_model(args))
+    asyncio.run(run_tokenizer(tokenizer_config, from_command_line(args, OTEL_SERVICE_NAME)))
     return 0
 
 
@@ -74,6 +89,7 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from splitserve.common import telemetry
     from splitserve.generator import config as generator_config
     from splitserve.tokenizer import config as tokenizer_config
 
@@ -83,11 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generator", help="run the generator tier (token IDs in, token IDs out)")
     _add_model_arguments(gen)
     generator_config.add_arguments(gen)
+    telemetry.add_arguments(gen, telemetry.DEFAULT_METRICS_PORTS["generator"])
     gen.set_defaults(func=_run_generator)
 
     tok = sub.add_parser("tokenizer", help="run the tokenizer tier (the public text API)")
     _add_model_arguments(tok)
     tokenizer_config.add_arguments(tok)
+    telemetry.add_arguments(tok, telemetry.DEFAULT_METRICS_PORTS["tokenizer"])
     tok.set_defaults(func=_run_tokenizer)
 
     for name, func, text in (("up", _run_up, "run both tiers on loopback until Ctrl-C"),
@@ -106,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_arguments(client)
     client.set_defaults(func=_run_generate)
 
+    from splitserve.generator.engines.trtllm_build import add_build_engine_arguments
+
+    build = sub.add_parser("build-engine", help="build a TensorRT-LLM engine (convert_checkpoint.py + trtllm-build)")
+    _add_model_arguments(build)
+    add_build_engine_arguments(build)
+    build.set_defaults(func=_run_build_engine)
+
     fetch = sub.add_parser("fetch-model", help="fetch and convert the default model into the cache")
     _add_model_arguments(fetch)
     fetch.set_defaults(func=_run_fetch_model)
@@ -114,8 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout
         while time.monotonic() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{' '.join(map(str, process.args))} exited with {process.returncode}")
+                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
             with contextlib.suppress(grpc.RpcError):
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

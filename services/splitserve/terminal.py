@@ -6,8 +6,7 @@ import argparse
 import sys
 
 import grpc
-
-from splitserve.client import Chat, Client, GenerationOptions
+from splitserve_client import Chat, Client, GenerationOptions
 
 
 def stream_to_terminal(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
-from splitserve.client.types import (
+
+from splitserve_client.types import (
     Completion,
     Delta,
     GenerationOptions,
@@ -53,7 +54,7 @@ class AsyncClient:
         return result
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

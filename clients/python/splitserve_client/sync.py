@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import grpc
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
-from splitserve.client.types import (
+
+from splitserve_client.types import (
     Completion,
     Delta,
     GenerationOptions,

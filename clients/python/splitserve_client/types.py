@@ -63,7 +63,7 @@ Input = str | Chat | list[int]
 def finish_name(value: int) -> str | None:
     if value == pb.FINISH_REASON_UNSPECIFIED:
         return None
-    return pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()  # type: ignore[arg-type]
+    return pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
 
 
 def build_request(prompt: Input, options: GenerationOptions) -> pb.GenerateStreamRequest:

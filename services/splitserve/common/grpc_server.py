@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +32,7 @@ SERVER_OPTIONS = [
 class HealthReporter:
     """Sets the grpc.health.v1 status of the server ("") and of each named service together."""
 
-    servicer: health.aio.HealthServicer
+    servicer: Any  # grpc_health.v1.health.aio.HealthServicer (the package ships no type hints)
     service_names: Sequence[str]
 
     async def set(self, serving: bool) -> None:
@@ -53,7 +54,7 @@ async def create_server(address: str, service_names: Sequence[str],
                         interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> BoundServer:
     """Creates a server with health (NOT_SERVING) and reflection; the caller adds its servicers."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)

@@ -7,7 +7,7 @@ its batch slot and cache.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
@@ -27,7 +27,7 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Loads the model and warms up; the engine serves once this returns."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Streams chunks for an already validated request; closing the iterator aborts it."""
 
     def load(self) -> EngineLoad:
@@ -55,4 +55,8 @@ def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
         from splitserve.generator.engines.trtllm_executor import TrtllmEngineDirEngine
 
         return TrtllmEngineDirEngine(config, on_health)
+    if config.engine == "bench":
+        from splitserve.generator.engines.bench_engine import BenchEngine
+
+        return BenchEngine(config, on_health)
     raise ValueError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINE_NAMES)}")

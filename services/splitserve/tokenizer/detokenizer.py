@@ -53,4 +53,4 @@ class IncrementalDetokenizer:
         emitted = "".join(self._emitted)
         if not full.startswith(emitted) or (hold_incomplete and full.endswith("\ufffd")):
             return ""
-        return full[len(emitted):]
+        return str(full[len(emitted):])

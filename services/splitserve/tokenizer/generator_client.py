@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 
 import grpc
 
@@ -63,9 +63,10 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> RequestError:
 class GeneratorClient:
     """A channel to one generator replica."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS)
+        # interceptors: tracing's client spans and the traceparent header on every call
+        self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
         self._stub = tokens_pb2_grpc.TokenGenerationServiceStub(self._channel)
 
     async def model_info(self, timeout: float) -> pb.GetModelInfoResponse:
@@ -86,7 +87,8 @@ class GeneratorClient:
         result: pb.GetLoadResponse = await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
         return result
 
-    async def generate(self, request: GenerationRequest, timeout: float | None) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest,
+                       timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
         """Streams chunks; closing this iterator cancels the call, which aborts the request upstream."""
         call = self._stub.Generate(request_to_pb(request), timeout=timeout)
         try:
@@ -98,4 +100,4 @@ class GeneratorClient:
             call.cancel()  # no-op when the call already ended
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.generator.types import FinishReason, GenerationChunk
 from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
 from splitserve.tokenizer.generator_client import GeneratorClient
@@ -45,11 +46,13 @@ class _Decoding:
 
 
 async def generate_text(codec: TextCodec, generator: GeneratorClient, request: TextRequest,
-                        timeout: float | None) -> AsyncIterator[TextChunk]:
+                        timeout: float | None, tracked: TrackedRequest | None = None) -> AsyncIterator[TextChunk]:
     """Streams text chunks for one request; the last chunk carries finish reason and usage."""
     state = _Decoding(codec, request)
     prompt_tokens = len(request.generation.prompt_token_ids)
     stream = generator.generate(request.generation, timeout)
+    if tracked is not None:  # times tokens as they arrive from the generator, before stop-string hold-back
+        stream = tracked.observe(stream, None, "detokenize")
     async with contextlib.aclosing(stream) as chunks:
         async for chunk in chunks:
             text, tokens = state.decode(chunk)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from splitserve.api.text.v1 import text_pb2, text_pb2_grpc
 from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.common.request_telemetry import RequestTracker
+from splitserve.common.telemetry import Telemetry, host_of
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.generator_client import GeneratorClient
 from splitserve.tokenizer.servicer import TextGenerationServicer
@@ -16,6 +18,7 @@ from splitserve.tokenizer.text_codec import TextCodec
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name
+OTEL_SERVICE_NAME = "splitserve-tokenizer"
 
 
 class TokenizerMismatch(RuntimeError):
@@ -29,6 +32,7 @@ class TokenizerServer:
     bound: BoundServer
     generator: GeneratorClient
     config: TokenizerConfig
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry.off(OTEL_SERVICE_NAME))
 
     @property
     def port(self) -> int:
@@ -38,16 +42,18 @@ class TokenizerServer:
         await self.bound.health.set(False)
         await self.bound.server.stop(self.config.grace_seconds if grace is None else grace)
         await self.generator.close()
+        self.telemetry.shutdown()
 
 
-async def start_tokenizer(config: TokenizerConfig) -> TokenizerServer:
+async def start_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None = None) -> TokenizerServer:
     """Loads the tokenizer, waits for the generator, checks fingerprints, then reports SERVING."""
-    bound = await create_server(config.address, [SERVICE_NAME])
-    servicer = TextGenerationServicer(config)
+    telemetry = telemetry or Telemetry.off(OTEL_SERVICE_NAME)
+    bound = await create_server(config.address, [SERVICE_NAME], telemetry.server_interceptors())
+    servicer = TextGenerationServicer(config, RequestTracker(telemetry, "tokenizer", config.model_name))
     text_pb2_grpc.add_TextGenerationServiceServicer_to_server(servicer, bound.server)
     await bound.server.start()  # NOT_SERVING until the checks below pass
     codec = await asyncio.to_thread(TextCodec, config.model_path)
-    generator = GeneratorClient(config.generator_address)
+    generator = GeneratorClient(config.generator_address, telemetry.client_interceptors())
     info = await generator.model_info(timeout=config.generator_wait_seconds)
     if info.tokenizer_fingerprint != codec.fingerprint:
         await bound.server.stop(0)
@@ -58,15 +64,17 @@ async def start_tokenizer(config: TokenizerConfig) -> TokenizerServer:
             "with the same model"
         )
     servicer.set_ready(codec, generator, info)
+    telemetry.start_metrics(host_of(config.address))
     await bound.health.set(True)
     log.info("tokenizer tier serving %s on port %d (generator %s)", config.model_name, bound.port,
              config.generator_address)
-    return TokenizerServer(bound, generator, config)
+    return TokenizerServer(bound, generator, config, telemetry)
 
 
-async def run_tokenizer(config: TokenizerConfig) -> None:
+async def run_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None = None) -> None:
     """The tokenizer process: serve until SIGTERM, then drain and stop."""
-    server = await start_tokenizer(config)
+    server = await start_tokenizer(config, telemetry)
     print(f"tokenizer ready on {config.address.rsplit(':', 1)[0]}:{server.port}", flush=True)
     await wait_for_termination(server.bound, config.grace_seconds)
     await server.generator.close()
+    server.telemetry.shutdown()

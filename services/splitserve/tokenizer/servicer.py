@@ -11,6 +11,7 @@ from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.api.tokens.v1 import tokens_pb2
 from splitserve.common.errors import InvalidRequest, ModelNotFound, NotReady, RequestError
+from splitserve.common.request_telemetry import RequestTracker, TrackedRequest
 from splitserve.common.status import abort_with
 from splitserve.tokenizer import pb_convert
 from splitserve.tokenizer.config import TokenizerConfig
@@ -25,8 +26,9 @@ OFF_LOOP_PROMPT_CHARS = 8192
 class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     """Serves the public text API in front of one generator."""
 
-    def __init__(self, config: TokenizerConfig) -> None:
+    def __init__(self, config: TokenizerConfig, tracker: RequestTracker) -> None:
         self._config = config
+        self._tracker = tracker
         self._ready: tuple[TextCodec, GeneratorClient, tokens_pb2.GetModelInfoResponse] | None = None
 
     def set_ready(self, codec: TextCodec, generator: GeneratorClient,
@@ -114,11 +116,20 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
 
     async def _stream(self, request: pb_convert.AnyGenerateRequest, request_id: str,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
-        self._check_model(request.model)
-        prompt_ids = await self._encode(request)
-        text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config)
-        async for chunk in generate_text(self._codec, self._generator, text_request, context.time_remaining()):
-            yield pb_convert.stream_response(chunk, request_id, self._codec)
+        with self._tracker.track(request_id) as tracked:
+            await tracked.send_trace_id(context)
+            self._check_model(request.model)
+            tracked.set_engine(self._info.engine)
+            with tracked.phase("tokenize"):
+                prompt_ids = await self._encode(request)
+            _record_prompt(tracked, request)
+            text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config)
+            async for chunk in generate_text(self._codec, self._generator, text_request, context.time_remaining(),
+                                             tracked):
+                tracked.record_output(chunk.text)
+                if chunk.finish_reason is not None:
+                    tracked.finish(chunk.finish_reason.value, chunk.prompt_tokens, chunk.completion_tokens)
+                yield pb_convert.stream_response(chunk, request_id, self._codec)
 
     async def _encode(self, request: pb_convert.AnyGenerateRequest | pb.TokenizeRequest) -> list[int]:
         size = len(request.prompt) if request.WhichOneof("input") == "prompt" else 0  # type: ignore[union-attr]
@@ -129,3 +140,11 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     def _check_model(self, model: str) -> None:
         if model and model != self._config.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; this server serves {self._config.model_name!r}")
+
+
+def _record_prompt(tracked: TrackedRequest, request: pb_convert.AnyGenerateRequest) -> None:
+    """Hands the prompt text to the span (which keeps it only when the operator opted in)."""
+    if tracked.records_content:
+        kind = request.WhichOneof("input")
+        text = request.prompt if kind == "prompt" else "\n".join(m.content for m in request.chat.messages)
+        tracked.record_prompt(text)

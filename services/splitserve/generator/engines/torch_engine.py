@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +85,7 @@ class TorchEngine:
         await self._warm_up()
         self._supervisor = asyncio.create_task(self._supervise(), name="torch-engine-supervisor")
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         self._admit()
         rid = f"{request.request_id}#{next(self._ids)}"  # unique even when clients reuse ids
         stream = _Stream(asyncio.Queue(), len(request.prompt_token_ids))

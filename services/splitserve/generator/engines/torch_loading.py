@@ -63,7 +63,8 @@ def load_model(config: GeneratorConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     log.info("loading %s on %s (%s)", config.model_path, device, dtype)
-    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() too narrowly
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     return LoadedModel(model, model.get_input_embeddings().num_embeddings, eos_ids(model, tokenizer))
 

@@ -139,7 +139,8 @@ class StreamState:
             self.last_token = tokens[-1].token_id
 
 
-def stop_reason_of(token_id: int | None, request: GenerationRequest, facts: ModelFacts) -> tuple[FinishReason, int | None]:
+def stop_reason_of(token_id: int | None, request: GenerationRequest,
+                   facts: ModelFacts) -> tuple[FinishReason, int | None]:
     """Classifies a stop on `token_id`: the request's own stop tokens first, then the model's EOS ids."""
     if token_id is not None and token_id in request.stop_token_ids:
         return FinishReason.STOP_TOKEN, token_id

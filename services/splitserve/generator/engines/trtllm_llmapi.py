@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,7 @@ class TrtllmLlmApiEngine:
         async for _ in self.generate(warm):
             pass
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         self._admission.enter()
         held = len(request.prompt_token_ids) + (request.max_new_tokens or 0)
         self._held_tokens += held

@@ -49,7 +49,8 @@ def executor_kwargs(sampling: SamplingParams, min_new_tokens: int) -> dict[str, 
 
 def runner_kwargs(sampling: SamplingParams, min_new_tokens: int) -> dict[str, Any]:
     """Sampling keyword arguments of the Python ModelRunner.generate (0.x-style names)."""
-    kwargs: dict[str, Any] = {"min_length": min_new_tokens or 1}
+    # min_length defaults to 1, which bans end_id as the first token; 0 lets a reply be EOS alone
+    kwargs: dict[str, Any] = {"min_length": min_new_tokens}
     if sampling.seed is not None:
         kwargs["random_seed"] = sampling.seed
     if sampling.repetition_penalty is not None:
