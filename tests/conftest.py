@@ -8,10 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
 from splitserve.common.model_store import DEFAULT_MODEL_NAME, default_cache_dir, ensure_default_model
+from splitserve.common.telemetry import Telemetry, TelemetrySettings
 from splitserve.generator.config import GeneratorConfig
 from splitserve.generator.server import GeneratorServer, start_generator
 from splitserve.tokenizer.config import TokenizerConfig
@@ -30,6 +33,7 @@ class Stack:
     tokenizer: TokenizerServer
     text: text_pb2_grpc.TextGenerationServiceStub
     tokens: tokens_pb2_grpc.TokenGenerationServiceStub
+    spans: InMemorySpanExporter  # finished spans of both tiers (tell them apart by service.name)
 
     @property
     def public_address(self) -> str:
@@ -51,16 +55,27 @@ def generator_config(model_dir: Path, **overrides: object) -> GeneratorConfig:
                            **settings)  # type: ignore[arg-type]
 
 
+def traced(service_name: str, spans: InMemorySpanExporter) -> Telemetry:
+    """Tracing into `spans` (exported as each span ends) and a metrics endpoint on a free port."""
+    return Telemetry.create(TelemetrySettings(service_name, metrics_port=0), [SimpleSpanProcessor(spans)])
+
+
 @pytest.fixture(scope="session")
 async def stack(model_dir: Path) -> AsyncIterator[Stack]:
-    generator = await start_generator(generator_config(model_dir))
-    tokenizer = await start_tokenizer(TokenizerConfig(
-        str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0",
-        generator_address=f"127.0.0.1:{generator.port}", generator_wait_seconds=60, grace_seconds=2))
+    spans = InMemorySpanExporter()
+    generator = await start_generator(generator_config(model_dir), traced("splitserve-generator", spans))
+    try:
+        tokenizer = await start_tokenizer(TokenizerConfig(
+            str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0",
+            generator_address=f"127.0.0.1:{generator.port}", generator_wait_seconds=60, grace_seconds=2),
+            traced("splitserve-tokenizer", spans))
+    except BaseException:
+        await generator.stop(0)  # the engine thread is not a daemon: never leave it running
+        raise
     text_channel = grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer.port}")
     tokens_channel = grpc.aio.insecure_channel(f"127.0.0.1:{generator.port}")
     yield Stack(generator, tokenizer, text_pb2_grpc.TextGenerationServiceStub(text_channel),
-                tokens_pb2_grpc.TokenGenerationServiceStub(tokens_channel))
+                tokens_pb2_grpc.TokenGenerationServiceStub(tokens_channel), spans)
     await text_channel.close()
     await tokens_channel.close()
     await tokenizer.stop(1)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from transformers import AutoTokenizer
+
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2 as tpb
-from transformers import AutoTokenizer
 
 from .conftest import Stack
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
+
 from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
 from splitserve.tokenizer.stop_strings import StopStringMatcher
-from transformers import AutoTokenizer
 
 
 def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> tuple[str, str | None]:

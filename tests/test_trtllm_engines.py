@@ -280,6 +280,7 @@ def test_build_engine_dry_run_prints_the_commands(model_dir: Path, tmp_path: Pat
 def test_untied_copy_has_an_explicit_lm_head(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
+
     from splitserve.generator.engines.trtllm_build import write_untied_copy
 
     source = tmp_path / "hf"

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import grpc
+
 from splitserve_client import Chat, Client, GenerationOptions
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import AutoTokenizer
 
 from splitserve.api.tokens.v1 import tokens_pb2, tokens_pb2_grpc
 from splitserve.common.fingerprint import tokenizer_fingerprint
 from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.common.request_telemetry import RequestTracker
+from splitserve.common.telemetry import Telemetry, host_of
 from splitserve.generator.config import GeneratorConfig
 from splitserve.generator.engine import Engine, create_engine
 from splitserve.generator.servicer import TokenGenerationServicer
@@ -18,6 +20,7 @@ from splitserve.generator.servicer import TokenGenerationServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = tokens_pb2.DESCRIPTOR.services_by_name["TokenGenerationService"].full_name
+OTEL_SERVICE_NAME = "splitserve-generator"
 
 
 @dataclass
@@ -27,6 +30,7 @@ class GeneratorServer:
     bound: BoundServer
     engine: Engine
     config: GeneratorConfig
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry.off(OTEL_SERVICE_NAME))
 
     @property
     def port(self) -> int:
@@ -36,11 +40,13 @@ class GeneratorServer:
         await self.bound.health.set(False)
         await self.bound.server.stop(self.config.grace_seconds if grace is None else grace)
         await self.engine.stop()
+        self.telemetry.shutdown()
 
 
-async def start_generator(config: GeneratorConfig) -> GeneratorServer:
+async def start_generator(config: GeneratorConfig, telemetry: Telemetry | None = None) -> GeneratorServer:
     """Binds the port, loads and warms the engine, then reports SERVING."""
-    bound = await create_server(config.address, [SERVICE_NAME])
+    telemetry = telemetry or Telemetry.off(OTEL_SERVICE_NAME)
+    bound = await create_server(config.address, [SERVICE_NAME], telemetry.server_interceptors())
     loop = asyncio.get_running_loop()
 
     pending: set[asyncio.Task[None]] = set()
@@ -53,19 +59,28 @@ async def start_generator(config: GeneratorConfig) -> GeneratorServer:
     engine = create_engine(config, on_health)
     fingerprint = await asyncio.to_thread(lambda: tokenizer_fingerprint(AutoTokenizer.from_pretrained(
         config.model_path)))
-    servicer = TokenGenerationServicer(engine, fingerprint)
+    servicer = TokenGenerationServicer(engine, fingerprint, RequestTracker(telemetry, "generator", config.model_name))
     tokens_pb2_grpc.add_TokenGenerationServiceServicer_to_server(servicer, bound.server)
     await bound.server.start()  # health answers NOT_SERVING while the model loads
-    await engine.start()
+    telemetry.start_metrics(host_of(config.address))
+    try:
+        await engine.start()
+    except BaseException:
+        await engine.stop()  # its loop thread is not a daemon: a half-started engine would hang exit
+        await bound.server.stop(0)
+        raise
     servicer.ready = True
     await bound.health.set(True)
     log.info("generator serving %s (%s engine) on port %d", config.model_name, config.engine, bound.port)
-    return GeneratorServer(bound, engine, config)
+    return GeneratorServer(bound, engine, config, telemetry)
 
 
-async def run_generator(config: GeneratorConfig) -> None:
+async def run_generator(config: GeneratorConfig, telemetry: Telemetry | None = None) -> None:
     """The generator process: serve until SIGTERM, then drain and stop."""
-    server = await start_generator(config)
+    server = await start_generator(config, telemetry)
     print(f"generator ready on {config.address.rsplit(':', 1)[0]}:{server.port}", flush=True)
-    await wait_for_termination(server.bound, config.grace_seconds)
-    await server.engine.stop()
+    try:
+        await wait_for_termination(server.bound, config.grace_seconds)
+    finally:
+        await server.engine.stop()
+        server.telemetry.shutdown()

@@ -11,6 +11,7 @@ import grpc
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
 from splitserve.common.errors import NotReady, RequestError
+from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.types import (
@@ -73,9 +74,10 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
 class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
     """Serves token-level generation from one engine."""
 
-    def __init__(self, engine: Engine, tokenizer_fingerprint: str) -> None:
+    def __init__(self, engine: Engine, tokenizer_fingerprint: str, tracker: RequestTracker) -> None:
         self._engine = engine
         self._fingerprint = tokenizer_fingerprint
+        self._tracker = tracker
         self.ready = False  # set once the engine has started; until then calls are UNAVAILABLE
 
     def _check_ready(self) -> None:
@@ -86,12 +88,19 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
-            self._check_ready()
-            validated = validate_request(request_from_pb(request), self._engine.info)
-            # aclosing: a cancelled call closes the stream, which aborts the request in the engine
-            async with contextlib.aclosing(self._engine.generate(validated)) as chunks:
-                async for chunk in chunks:
-                    yield chunk_to_pb(chunk)
+            with self._tracker.track(request.request_id or "anonymous") as tracked:
+                await tracked.send_trace_id(context)
+                self._check_ready()
+                validated = validate_request(request_from_pb(request), self._engine.info)
+                tracked.set_engine(self._engine.info.engine)
+                # aclosing: a cancelled call closes the stream, which aborts the request in the engine
+                stream = tracked.observe(self._engine.generate(validated), "queue_wait", "decode")
+                async with contextlib.aclosing(stream) as chunks:
+                    async for chunk in chunks:
+                        if chunk.finish_reason is not None:
+                            tracked.finish(chunk.finish_reason.value, chunk.num_prompt_tokens,
+                                           chunk.num_generated_tokens)
+                        yield chunk_to_pb(chunk)
         except RequestError as error:
             await abort_with(context, error)
 

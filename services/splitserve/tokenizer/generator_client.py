@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
 
@@ -91,13 +92,25 @@ class GeneratorClient:
                        timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
         """Streams chunks; closing this iterator cancels the call, which aborts the request upstream."""
         call = self._stub.Generate(request_to_pb(request), timeout=timeout)
+        finished = False
         try:
             async for msg in call:
-                yield chunk_from_pb(msg)
+                chunk = chunk_from_pb(msg)
+                finished = chunk.finish_reason is not None
+                yield chunk
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error) from None
         finally:
-            call.cancel()  # no-op when the call already ended
+            if not finished:
+                call.cancel()  # no-op when the call already ended
+            await _read_to_end(call)  # after the final message only the OK status is left to read
 
     async def close(self) -> None:
         await self._channel.close(None)
+
+
+async def _read_to_end(call: AsyncIterator[pb.GenerateResponse]) -> None:
+    """Reads an ended or cancelled call to its end, which is when the tracing interceptor ends its client span."""
+    with contextlib.suppress(grpc.RpcError, asyncio.CancelledError):
+        async for _ in call:
+            pass
