@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_engine_arguments(build)
     build.set_defaults(func=_run_build_engine)
 
+    from splitserve.bench import add_bench_arguments, run_bench
+
+    bench = sub.add_parser("bench", help="load-test the public API and report throughput, latency and CPU cost")
+    add_bench_arguments(bench)
+    bench.add_argument("--log-level", default="WARNING")
+    bench.set_defaults(func=run_bench)
+
     fetch = sub.add_parser("fetch-model", help="fetch and convert the default model into the cache")
     _add_model_arguments(fetch)
     fetch.set_defaults(func=_run_fetch_model)

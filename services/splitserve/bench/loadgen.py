@@ -1,0 +1,125 @@
+"""Drives one load level: closed-loop concurrency or open-loop Poisson arrivals, then measures a window.
+
+Requests run from the start; the first `warmup_s` seconds are not measured. Throughput, latency
+and CPU cost come from the requests that finish inside the measured window (steady state); those
+still running at its end are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from splitserve.bench.cpu import CpuMeter
+from splitserve.bench.records import RequestRecord, errors_by_code, latency_stats
+from splitserve.bench.targets import Target
+from splitserve.bench.workload import Workload
+
+
+@dataclass(frozen=True)
+class Level:
+    """One load level: `concurrency` streams in flight, or `rate` requests/s (Poisson) capped at `concurrency`."""
+
+    concurrency: int
+    rate: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"rate={self.rate:g}/s" if self.rate is not None else f"concurrency={self.concurrency}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """How long to warm up and to measure, in seconds."""
+
+    warmup_s: float
+    duration_s: float
+
+
+class _Run:
+    """The shared state of one level: records, and the measured window's bounds."""
+
+    def __init__(self, target: Target, workload: Workload, progress: Any) -> None:
+        self.target, self.workload, self.progress = target, workload, progress
+        self.records: list[RequestRecord] = []
+        self.window: tuple[float, float] = (float("inf"), float("inf"))
+
+    async def one(self) -> None:
+        record = RequestRecord()
+        self.records.append(record)
+        await self.target.send(self.workload.next_item(), record)
+        if self.progress is not None and record.end is not None and self.window[0] <= record.end:
+            self.progress.update(1)
+
+    async def worker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.one()
+
+
+async def run_level(target: Target, workload: Workload, level: Level, window: Window,
+                    cpu: CpuMeter | None, progress: Any = None) -> dict[str, Any]:
+    """Runs one level and returns its report (JSON-ready)."""
+    run, stop = _Run(target, workload, progress), asyncio.Event()
+    if level.rate is None:
+        tasks = [asyncio.create_task(run.worker(stop)) for _ in range(level.concurrency)]
+    else:
+        tasks = [asyncio.create_task(_poisson(run, level, stop))]
+    await asyncio.sleep(window.warmup_s)
+    start, before = time.perf_counter(), cpu.sample() if cpu else None
+    run.window = (start, start + window.duration_s)
+    await asyncio.sleep(window.duration_s)
+    after, end = cpu.sample() if cpu else None, time.perf_counter()
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu_s = CpuMeter.spent(before, after) if before and after else {}
+    return summarize(run.records, level, (start, end), cpu_s)
+
+
+async def _poisson(run: _Run, level: Level, stop: asyncio.Event) -> None:
+    """Open loop: exponential gaps at `rate`; at most `concurrency` in flight (arrivals wait beyond it)."""
+    assert level.rate is not None
+    rng, limit = random.Random(1), asyncio.Semaphore(level.concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def bounded() -> None:
+        async with limit:
+            await run.one()
+
+    try:
+        while not stop.is_set():
+            task = asyncio.create_task(bounded())
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            await asyncio.sleep(rng.expovariate(level.rate))
+    finally:
+        for task in list(in_flight):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+def summarize(records: list[RequestRecord], level: Level, window: tuple[float, float],
+              cpu_s: dict[str, float]) -> dict[str, Any]:
+    """The level's report: throughput, latency percentiles, errors and CPU per request and per token."""
+    start, end = window
+    inside = [r for r in records if r.end is not None and start <= r.end <= end]
+    done = [r for r in inside if r.ok]
+    seconds = end - start
+    tokens = sum(r.output_tokens for r in done)
+    report: dict[str, Any] = {
+        "level": level.label, "concurrency": level.concurrency, "rate": level.rate, "seconds": seconds,
+        "completed": len(done), "requests_per_s": len(done) / seconds, "output_tokens_per_s": tokens / seconds,
+        "output_tokens": tokens, "messages_per_request": sum(r.messages for r in done) / max(1, len(done)),
+        **latency_stats(done), "errors": errors_by_code(inside), "cpu": {},
+    }
+    for name, used in cpu_s.items():
+        report["cpu"][name] = {"cpu_s": used, "cores": used / seconds,
+                               "us_per_output_token": used / max(1, tokens) * 1e6,
+                               "ms_per_request": used / max(1, len(done)) * 1e3}
+    return report

@@ -1,0 +1,74 @@
+"""Starts both tiers as child processes on free loopback ports, so the bench can watch their PIDs."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+READY_TIMEOUT_S = 900.0  # a large model on a GPU loads for minutes
+
+
+@dataclass(frozen=True)
+class StackProcesses:
+    """The running tiers: public address and PIDs."""
+
+    address: str
+    tokenizer_pid: int
+    generator_pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "splitserve", tier, "--model", model, "--log-level", "WARNING", *extra]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
+def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Polls grpc.health.v1 until SERVING; fails early if a tier exits."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            for process in processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} did not become SERVING within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def started_stack(model: str, generator_args: list[str]) -> Iterator[StackProcesses]:
+    """Generator (with `generator_args`) and tokenizer tiers; SIGTERM then SIGKILL on exit."""
+    generator_address, address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    generator = _spawn("generator", model, ["--address", generator_address, *generator_args])
+    tokenizer = _spawn("tokenizer", model, ["--address", address, "--generator", generator_address])
+    processes = [generator, tokenizer]
+    try:
+        wait_serving(address, processes, READY_TIMEOUT_S)
+        yield StackProcesses(address, tokenizer.pid, generator.pid)
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
