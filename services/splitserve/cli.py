@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--address", default="127.0.0.1:50051", help="public API address")
         cmd.add_argument("--generator-address", default="127.0.0.1:50052")
         cmd.add_argument("--engine", default="torch")
+        cmd.add_argument("--tokenizers", type=int, default=1, help="tokenizer processes (ports 10 apart)")
+        cmd.add_argument("--generators", type=int, default=1, help="generator processes (ports 10 apart)")
         if name == "demo":
             _add_generate_arguments(cmd)
         cmd.set_defaults(func=func)
@@ -122,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     client = sub.add_parser("generate", help="stream a generation from a running service to the terminal")
     client.add_argument("--address", default="127.0.0.1:50051")
     _add_generate_arguments(client)
+    client.add_argument("--tls-ca", default=None, help="PEM CA of the server's certificate (enables TLS)")
+    client.add_argument("--tls-cert", default=None, help="PEM client certificate, for servers requiring mutual TLS")
+    client.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
+    client.add_argument("--auth-token-file", default=None, help="file holding the bearer token (else "
+                        "$SPLITSERVE_AUTH_TOKEN)")
     client.set_defaults(func=_run_generate)
 
     from splitserve.generator.engines.trtllm_build import add_build_engine_arguments

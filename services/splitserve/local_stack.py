@@ -1,4 +1,4 @@
-"""Both tiers as child processes on loopback: `splitserve up` and `splitserve demo`."""
+"""Both tiers as child processes on loopback, one or many of each: `splitserve up` and `splitserve demo`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,7 +19,10 @@ from splitserve.terminal import stream_to_terminal
 READY_TIMEOUT_S = 600.0
 
 
-def _spawn(tier: str, model_path: str, model_name: str, extra: list[str]) -> subprocess.Popen[bytes]:
+Process = subprocess.Popen[bytes]
+
+
+def _spawn(tier: str, model_path: str, model_name: str, extra: list[str]) -> Process:
     command = [sys.executable, "-m", "splitserve", tier, "--model", model_path, "--model-name", model_name,
                "--log-level", "WARNING", *extra]
     return subprocess.Popen(command)
@@ -41,31 +45,83 @@ def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout
     raise TimeoutError(f"{address} did not become SERVING within {timeout:.0f}s")
 
 
-@contextlib.contextmanager
-def local_stack(args: argparse.Namespace, model_path: str, model_name: str) -> Iterator[None]:
-    """Starts generator then tokenizer; stops both (SIGTERM, then SIGKILL) on exit."""
-    generator = _spawn("generator", model_path, model_name,
-                       ["--address", args.generator_address, "--engine", args.engine])
-    tokenizer = _spawn("tokenizer", model_path, model_name,
-                       ["--address", args.address, "--generator", args.generator_address])
-    processes = [generator, tokenizer]
-    try:
-        wait_serving(args.address, processes, READY_TIMEOUT_S)
-        yield
-    finally:
-        for process in reversed(processes):
+PORT_STRIDE = 10  # replica i of a tier listens on its base port + 10·i, and its metrics port likewise
+METRICS_PORTS = {"tokenizer": 9464, "generator": 9465}
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """Where each local process listens: gRPC addresses and metrics ports, per tier."""
+
+    tokenizers: list[str]
+    generators: list[str]
+    tokenizer_metrics: list[int]
+    generator_metrics: list[int]
+
+    @classmethod
+    def strided(cls, address: str, generator_address: str, tokenizers: int = 1, generators: int = 1) -> StackPlan:
+        """N tokenizers from `address` up and M generators from `generator_address` up, 10 ports apart."""
+        return cls(_strided(address, tokenizers), _strided(generator_address, generators),
+                   [METRICS_PORTS["tokenizer"] + PORT_STRIDE * i for i in range(tokenizers)],
+                   [METRICS_PORTS["generator"] + PORT_STRIDE * i for i in range(generators)])
+
+
+def _strided(address: str, count: int) -> list[str]:
+    host, port = address.rsplit(":", 1)
+    return [f"{host}:{int(port) + PORT_STRIDE * i}" for i in range(count)]
+
+
+def spawn_stack(plan: StackPlan, model_path: str, model_name: str, engine: str,
+                generator_args: Sequence[str] = ()) -> tuple[list[Process], list[Process]]:
+    """Starts every generator, then every tokenizer pointed at all of them (as one static pool)."""
+    generators = [spawn_generator(address, port, model_path, model_name, ["--engine", engine, *generator_args])
+                  for address, port in zip(plan.generators, plan.generator_metrics, strict=True)]
+    pool = ",".join(plan.generators)
+    tokenizers = [_spawn("tokenizer", model_path, model_name,
+                         ["--address", address, "--generator", pool, "--metrics-port", str(port)])
+                  for address, port in zip(plan.tokenizers, plan.tokenizer_metrics, strict=True)]
+    return generators, tokenizers
+
+
+def spawn_generator(address: str, metrics_port: int, model_path: str, model_name: str,
+                    args: Sequence[str] = ()) -> Process:
+    """One generator process (also how a test brings a killed one back)."""
+    return _spawn("generator", model_path, model_name, ["--address", address, "--metrics-port", str(metrics_port),
+                                                        *args])
+
+
+def stop_processes(processes: Sequence[Process]) -> None:
+    """SIGTERM to all (tokenizers drain first when listed first), then SIGKILL whatever has not exited."""
+    for process in processes:
+        if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def local_stack(args: argparse.Namespace, model_path: str, model_name: str) -> Iterator[StackPlan]:
+    """Starts the generators then the tokenizers; stops them all (SIGTERM, then SIGKILL) on exit."""
+    plan = StackPlan.strided(args.address, args.generator_address, getattr(args, "tokenizers", 1),
+                             getattr(args, "generators", 1))
+    generators, tokenizers = spawn_stack(plan, model_path, model_name, args.engine)
+    processes = [*tokenizers, *generators]
+    try:
+        for address in plan.tokenizers:
+            wait_serving(address, processes, READY_TIMEOUT_S)
+        yield plan
+    finally:
+        stop_processes(processes)
 
 
 def run_up(args: argparse.Namespace, model_path: str, model_name: str) -> int:
-    with local_stack(args, model_path, model_name):
-        print(f"splitserve is up: public API on {args.address}, generator on {args.generator_address} "
-              f"({model_name}). Ctrl-C stops both.", flush=True)
+    with local_stack(args, model_path, model_name) as plan:
+        print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
+              f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     return 0

@@ -29,6 +29,7 @@ class Overloaded(RequestError):
     """Admission refused: queues are full (RESOURCE_EXHAUSTED); retrying later may succeed."""
 
     code_name = "RESOURCE_EXHAUSTED"
+    retry_after_ms = 200  # sent as the `retry-after-ms` trailer: about a few decode steps of queue turnover
 
 
 class EngineUnavailable(RequestError):
@@ -41,3 +42,29 @@ class NotReady(RequestError):
     """The server is starting or draining (UNAVAILABLE)."""
 
     code_name = "UNAVAILABLE"
+
+
+class ReplicaUnavailable(EngineUnavailable):
+    """A generator replica answered UNAVAILABLE or its connection broke; another replica may serve the request."""
+
+
+class DeadlineExceeded(RequestError):
+    """The caller's deadline passed before the request finished (DEADLINE_EXCEEDED)."""
+
+    code_name = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(RequestError):
+    """The request was cancelled upstream (CANCELLED)."""
+
+    code_name = "CANCELLED"
+
+
+def error_for_code(code_name: str, message: str) -> RequestError:
+    """The RequestError subclass for a gRPC status name (unknown codes become UNAVAILABLE)."""
+    for cls in (InvalidRequest, ModelNotFound, Overloaded, DeadlineExceeded, Cancelled):
+        if cls.code_name == code_name:
+            return cls(message)
+    if code_name == "UNAVAILABLE":  # the generator pool retries these on another replica
+        return ReplicaUnavailable(f"generator tier: {code_name}: {message}")
+    return EngineUnavailable(f"generator tier: {code_name}: {message}")

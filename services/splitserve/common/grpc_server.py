@@ -13,6 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitserve.common.decoding import StrictDecodingInterceptor
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -50,15 +52,30 @@ class BoundServer:
     health: HealthReporter
 
 
+def server_options(max_receive_message_bytes: int, max_concurrent_streams: int) -> list[tuple[str, int]]:
+    """Channel args for the configured limits; max_concurrent_streams 0 keeps gRPC's default (no limit)."""
+    # gRPC takes the first value of a repeated key, so the default is dropped rather than shadowed
+    options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
+    if max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+    return options
+
+
 async def create_server(address: str, service_names: Sequence[str],
-                        interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> BoundServer:
-    """Creates a server with health (NOT_SERVING) and reflection; the caller adds its servicers."""
-    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+                        interceptors: Sequence[grpc.aio.ServerInterceptor] = (), *,
+                        credentials: grpc.ServerCredentials | None = None,
+                        options: Sequence[tuple[str, int]] = SERVER_OPTIONS) -> BoundServer:
+    """Creates a server with health (NOT_SERVING) and reflection; the caller adds its servicers.
+
+    With `credentials` the port speaks TLS; undecodable requests end with INVALID_ARGUMENT.
+    """
+    server = grpc.aio.server(interceptors=[*interceptors, StrictDecodingInterceptor()], options=list(options))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
     reporter = HealthReporter(health_servicer, service_names)

@@ -6,10 +6,13 @@ from typing import NoReturn
 
 import grpc
 
-from splitserve.common.errors import RequestError
+from splitserve.common.errors import Overloaded, RequestError
+
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: RequestError) -> NoReturn:
-    """Ends the call with the error's status code and message."""
-    await context.abort(getattr(grpc.StatusCode, error.code_name), error.message)
+    """Ends the call with the error's status code and message (and a retry hint when overloaded)."""
+    trailers = ((RETRY_AFTER_KEY, str(error.retry_after_ms)),) if isinstance(error, Overloaded) else ()
+    await context.abort(getattr(grpc.StatusCode, error.code_name), error.message, trailers)
     raise AssertionError("unreachable")  # context.abort raises

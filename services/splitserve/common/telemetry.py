@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.instrumentation.grpc.filters import any_of, health_check, negate, service_prefix
+from opentelemetry.instrumentation.grpc.filters import any_of, health_check, method_name, negate, service_prefix
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -35,6 +35,8 @@ LOG_FORMATS = ("text", "json")
 # Distinct defaults so both tiers on one host (`splitserve up`) each get an endpoint.
 DEFAULT_METRICS_PORTS = {"tokenizer": 9464, "generator": 9465}
 TRACER_NAME = "splitserve"
+# The multiplexed generation RPC (see generator/multiplex.py); its requests are traced one by one.
+MULTIPLEXED = "GenerateMany"
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,16 @@ class Telemetry:
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         # Health probes and reflection would make a trace every few seconds per pod: not traced.
-        untraced = negate(any_of(health_check(), service_prefix("grpc.reflection")))
+        # GenerateMany carries many requests for as long as a connection lives: it traces each request
+        # itself (generator/multiplex.py), so the call as a whole gets no span.
+        # GetLoad is the pools' once-a-second probe: a trace each would drown the real ones.
+        untraced = negate(any_of(health_check(), service_prefix("grpc.reflection"), method_name(MULTIPLEXED),
+                                 method_name("GetLoad")))
         return [aio_server_interceptor(tracer_provider=self.provider, filter_=untraced)] if self.provider else []
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
-        return list(aio_client_interceptors(tracer_provider=self.provider)) if self.provider else []
+        untraced = negate(method_name(MULTIPLEXED))
+        return list(aio_client_interceptors(tracer_provider=self.provider, filter_=untraced)) if self.provider else []
 
     def start_metrics(self, host: str) -> None:
         """Serves /metrics when a port is configured."""

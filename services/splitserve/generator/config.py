@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from splitserve.common.server_flags import add_server_security_arguments
 from splitserve.generator.engine import ENGINE_NAMES
 
 
@@ -31,6 +32,11 @@ class GeneratorConfig:
     engine_dir: str | None = None  # trtllm-engine: the prebuilt engine dir (model_path gives the tokenizer)
     tensor_parallel_size: int = 1  # trtllm: GPUs per replica (trtllm-engine takes it from the engine)
     kv_cache_free_gpu_memory_fraction: float = 0.9  # TensorRT-LLM engines: share of free GPU memory for KV
+    max_receive_message_bytes: int = 16 * 1024 * 1024  # larger requests: RESOURCE_EXHAUSTED from gRPC itself
+    max_concurrent_streams: int = 0  # per connection (HTTP/2); 0 keeps gRPC's default, no limit
+    tls_cert: str | None = None  # PEM files; with tls_client_ca only tokenizer tiers with a client cert connect
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-free-gpu-memory-fraction", type=float,
                         default=d.kv_cache_free_gpu_memory_fraction,
                         help="TensorRT-LLM engines: share of free GPU memory the KV cache takes")
+    add_server_security_arguments(parser, d.max_receive_message_bytes, d.max_concurrent_streams)
 
 
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
@@ -73,6 +80,8 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
         kv_page_size=args.kv_page_size, max_batch_tokens=args.max_batch_tokens, grace_seconds=args.grace_seconds,
         engine_dir=args.engine_dir, tensor_parallel_size=args.tensor_parallel_size,
         kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+        max_receive_message_bytes=args.max_receive_message_bytes, max_concurrent_streams=args.max_concurrent_streams,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
     )
     check(config)
     return config

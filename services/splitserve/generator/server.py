@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from transformers import AutoTokenizer
 
 from splitserve.api.tokens.v1 import tokens_pb2, tokens_pb2_grpc
+from splitserve.common import tls
 from splitserve.common.fingerprint import tokenizer_fingerprint
-from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.common.grpc_server import BoundServer, create_server, server_options, wait_for_termination
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.telemetry import Telemetry, host_of
 from splitserve.generator.config import GeneratorConfig
@@ -46,7 +47,10 @@ class GeneratorServer:
 async def start_generator(config: GeneratorConfig, telemetry: Telemetry | None = None) -> GeneratorServer:
     """Binds the port, loads and warms the engine, then reports SERVING."""
     telemetry = telemetry or Telemetry.off(OTEL_SERVICE_NAME)
-    bound = await create_server(config.address, [SERVICE_NAME], telemetry.server_interceptors())
+    bound = await create_server(config.address, [SERVICE_NAME], telemetry.server_interceptors(),
+                                credentials=tls.server_credentials(config.tls_cert, config.tls_key,
+                                                                   config.tls_client_ca),
+                                options=server_options(config.max_receive_message_bytes, config.max_concurrent_streams))
     loop = asyncio.get_running_loop()
 
     pending: set[asyncio.Task[None]] = set()

@@ -14,61 +14,11 @@ from splitserve.common.errors import NotReady, RequestError
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
-from splitserve.generator.types import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    SamplingParams,
-)
+from splitserve.generator.multiplex import MultiplexedStream
+from splitserve.generator.pb_convert import chunk_to_pb, request_from_pb
 from splitserve.generator.validation import validate_request
 
 log = logging.getLogger(__name__)
-
-_FINISH = {
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.EOS_TOKEN: pb.FINISH_REASON_EOS_TOKEN,
-    FinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
-}
-
-
-def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
-    s = msg.sampling
-    sampling = SamplingParams(
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
-        seed=s.seed if s.HasField("seed") else None,
-    )
-    return GenerationRequest(
-        request_id=msg.request_id or "anonymous",
-        prompt_token_ids=list(msg.prompt_token_ids),
-        sampling=sampling,
-        max_new_tokens=msg.max_new_tokens if msg.HasField("max_new_tokens") else None,
-        min_new_tokens=msg.min_new_tokens,
-        stop_token_ids=tuple(msg.stop_token_ids),
-        ignore_eos=msg.ignore_eos,
-        logprobs=msg.logprobs,
-        top_logprobs=msg.top_logprobs,
-    )
-
-
-def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(tokens=[
-        pb.Token(id=t.token_id, logprob=t.logprob,
-                 top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in t.top_logprobs])
-        for t in chunk.tokens
-    ])
-    if chunk.finish_reason is not None:
-        msg.finish_reason = _FINISH[chunk.finish_reason]
-        msg.prompt_tokens = chunk.num_prompt_tokens
-        msg.completion_tokens = chunk.num_generated_tokens
-        if chunk.seed is not None:
-            msg.seed = chunk.seed
-        if chunk.stop_token_id is not None:
-            msg.stop_token_id = chunk.stop_token_id
-    return msg
 
 
 class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
@@ -103,6 +53,13 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
                         yield chunk_to_pb(chunk)
         except RequestError as error:
             await abort_with(context, error)
+
+    async def GenerateMany(
+        self, request_iterator: AsyncIterator[pb.GenerateManyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateManyResponse]:
+        async for response in MultiplexedStream(self._engine, self._tracker, self._check_ready).serve(
+                request_iterator):
+            yield response
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

@@ -12,6 +12,8 @@ from dataclasses import replace
 from splitserve.common.errors import InvalidRequest
 from splitserve.generator.types import EngineInfo, GenerationRequest, SamplingParams
 
+MAX_STOP_TOKEN_IDS = 256
+
 
 def validate_request(request: GenerationRequest, info: EngineInfo) -> GenerationRequest:
     """Returns the request with defaults filled in, or raises InvalidRequest naming the limit."""
@@ -74,6 +76,9 @@ def _check_stopping(request: GenerationRequest, info: EngineInfo, max_new: int) 
         raise InvalidRequest(f"min_new_tokens={request.min_new_tokens} must be between 0 and max_new_tokens={max_new}")
     if request.min_new_tokens and not info.capabilities.min_new_tokens:
         raise InvalidRequest(f"engine {info.engine!r} does not support min_new_tokens")
+    if len(request.stop_token_ids) > MAX_STOP_TOKEN_IDS:  # each one is checked at every decode step
+        raise InvalidRequest(f"{len(request.stop_token_ids)} stop token ids, over the limit "
+                             f"max_stop_token_ids={MAX_STOP_TOKEN_IDS}")
     for token_id in request.stop_token_ids:
         if not 0 <= token_id < info.vocab_size:
             raise InvalidRequest(f"stop token id {token_id} is out of vocabulary (vocab_size={info.vocab_size})")

@@ -7,47 +7,15 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
+from opentelemetry import trace
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
-from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded, RequestError
+from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded, ReplicaUnavailable, RequestError
 from splitserve.common.grpc_server import SERVER_OPTIONS
-from splitserve.generator.types import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    TokenOutput,
-)
-
-_FINISH = {
-    pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-    pb.FINISH_REASON_EOS_TOKEN: FinishReason.EOS_TOKEN,
-    pb.FINISH_REASON_STOP_TOKEN: FinishReason.STOP_TOKEN,
-    pb.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
-}
-
-
-def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:
-    s = request.sampling
-    return pb.GenerateRequest(
-        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-        sampling=pb.SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                                   repetition_penalty=s.repetition_penalty, seed=s.seed),
-        max_new_tokens=request.max_new_tokens, min_new_tokens=request.min_new_tokens,
-        stop_token_ids=list(request.stop_token_ids), ignore_eos=request.ignore_eos,
-        logprobs=request.logprobs, top_logprobs=request.top_logprobs,
-    )
-
-
-def chunk_from_pb(msg: pb.GenerateResponse) -> GenerationChunk:
-    tokens = [TokenOutput(t.id, t.logprob if t.HasField("logprob") else None,
-                          tuple((a.id, a.logprob) for a in t.top_logprobs)) for t in msg.tokens]
-    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-        return GenerationChunk(tokens)
-    return GenerationChunk(
-        tokens, _FINISH[msg.finish_reason], msg.stop_token_id if msg.HasField("stop_token_id") else None,
-        msg.prompt_tokens, msg.completion_tokens, msg.seed if msg.HasField("seed") else None,
-    )
+from splitserve.generator.pb_convert import chunk_from_pb, request_to_pb
+from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.tokenizer.multiplex_client import MultiplexedClient
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> RequestError:
@@ -58,17 +26,28 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> RequestError:
         return InvalidRequest(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Overloaded(details)
+    if code == grpc.StatusCode.UNAVAILABLE:  # the pool retries these on another replica
+        return ReplicaUnavailable(f"generator tier: {code.name}: {details}")
     return EngineUnavailable(f"generator tier: {code.name}: {details}")
 
 
 class GeneratorClient:
     """A channel to one generator replica."""
 
-    def __init__(self, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
+    def __init__(self, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = (), *,
+                 credentials: grpc.ChannelCredentials | None = None, multiplexed: bool = True,
+                 tracer: trace.Tracer | None = None, stream_interval_s: float = 0.0) -> None:
         self.address = address
         # interceptors: tracing's client spans and the traceparent header on every call
-        self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
+        else:  # TLS, mutual when the credentials hold a client certificate
+            self._channel = grpc.aio.secure_channel(address, credentials, options=SERVER_OPTIONS,
+                                                    interceptors=list(interceptors))
         self._stub = tokens_pb2_grpc.TokenGenerationServiceStub(self._channel)
+        # Multiplexed: every request shares one GenerateMany stream (far fewer messages under load).
+        self._mux = MultiplexedClient(self._stub, tracer or trace.get_tracer(__name__),
+                                      stream_interval_s) if multiplexed else None
 
     async def model_info(self, timeout: float) -> pb.GetModelInfoResponse:
         """Waits up to `timeout` for the generator to answer (it may be starting or loading its model)."""
@@ -88,9 +67,15 @@ class GeneratorClient:
         result: pb.GetLoadResponse = await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
         return result
 
-    async def generate(self, request: GenerationRequest,
-                       timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
-        """Streams chunks; closing this iterator cancels the call, which aborts the request upstream."""
+    def generate(self, request: GenerationRequest, timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
+        """Streams chunks; closing this iterator aborts the request upstream."""
+        if self._mux is not None:
+            return self._mux.generate(request, timeout)
+        return self._generate_call(request, timeout)
+
+    async def _generate_call(self, request: GenerationRequest,
+                             timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
+        """One Generate call per request."""
         call = self._stub.Generate(request_to_pb(request), timeout=timeout)
         finished = False
         try:
@@ -106,6 +91,8 @@ class GeneratorClient:
             await _read_to_end(call)  # after the final message only the OK status is left to read
 
     async def close(self) -> None:
+        if self._mux is not None:
+            await self._mux.close()
         await self._channel.close(None)
 
 

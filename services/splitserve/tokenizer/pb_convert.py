@@ -38,7 +38,10 @@ def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec,
         return codec.encode_text(text, add_special_tokens=add_special)
     if kind == "chat":
         chat = msg.chat
-        if sum(len(m.content) for m in chat.messages) > config.max_prompt_chars:
+        if len(chat.messages) > config.max_chat_messages:  # templates render each turn: cost grows with the count
+            raise InvalidRequest(f"chat has {len(chat.messages)} messages, over the limit "
+                                 f"max_chat_messages={config.max_chat_messages}")
+        if sum(len(m.content) + len(m.role) for m in chat.messages) > config.max_prompt_chars:
             raise InvalidRequest(f"chat content is over the limit max_prompt_chars={config.max_prompt_chars}")
         return codec.encode_chat([ChatMessage(m.role, m.content) for m in chat.messages],
                                  chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True,

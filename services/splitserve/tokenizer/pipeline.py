@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.generator.types import FinishReason, GenerationChunk
 from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
-from splitserve.tokenizer.generator_client import GeneratorClient
+from splitserve.tokenizer.generator_pool import TokenGenerator
 from splitserve.tokenizer.stop_strings import StopStringMatcher
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest, TextToken
@@ -45,7 +45,7 @@ class _Decoding:
         return text, tokens if self.request.include_tokens else []
 
 
-async def generate_text(codec: TextCodec, generator: GeneratorClient, request: TextRequest,
+async def generate_text(codec: TextCodec, generator: TokenGenerator, request: TextRequest,
                         timeout: float | None, tracked: TrackedRequest | None = None) -> AsyncIterator[TextChunk]:
     """Streams text chunks for one request; the last chunk carries finish reason and usage."""
     state = _Decoding(codec, request)

@@ -7,11 +7,13 @@ import logging
 from dataclasses import dataclass, field
 
 from splitserve.api.text.v1 import text_pb2, text_pb2_grpc
-from splitserve.common.grpc_server import BoundServer, create_server, wait_for_termination
+from splitserve.common.grpc_server import BoundServer, create_server, server_options, wait_for_termination
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.telemetry import Telemetry, host_of
+from splitserve.tokenizer import edge
 from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.generator_client import GeneratorClient
+from splitserve.tokenizer.generator_pool import GeneratorPools, build_pools, client_factory
+from splitserve.tokenizer.parity import TokenizerMismatch  # noqa: F401  (re-exported)
 from splitserve.tokenizer.servicer import TextGenerationServicer
 from splitserve.tokenizer.text_codec import TextCodec
 
@@ -21,16 +23,12 @@ SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].ful
 OTEL_SERVICE_NAME = "splitserve-tokenizer"
 
 
-class TokenizerMismatch(RuntimeError):
-    """The generator's tokenizer differs from ours: token IDs would mean different text."""
-
-
 @dataclass
 class TokenizerServer:
     """A running tokenizer tier."""
 
     bound: BoundServer
-    generator: GeneratorClient
+    generator: GeneratorPools  # one pool of replicas per served model
     config: TokenizerConfig
     telemetry: Telemetry = field(default_factory=lambda: Telemetry.off(OTEL_SERVICE_NAME))
 
@@ -48,26 +46,30 @@ class TokenizerServer:
 async def start_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None = None) -> TokenizerServer:
     """Loads the tokenizer, waits for the generator, checks fingerprints, then reports SERVING."""
     telemetry = telemetry or Telemetry.off(OTEL_SERVICE_NAME)
-    bound = await create_server(config.address, [SERVICE_NAME], telemetry.server_interceptors())
+    bound = await create_server(config.address, [SERVICE_NAME],
+                                [*telemetry.server_interceptors(), *edge.public_interceptors(config)],
+                                credentials=edge.public_credentials(config),
+                                options=server_options(config.max_receive_message_bytes, config.max_concurrent_streams))
     servicer = TextGenerationServicer(config, RequestTracker(telemetry, "tokenizer", config.model_name))
     text_pb2_grpc.add_TextGenerationServiceServicer_to_server(servicer, bound.server)
     await bound.server.start()  # NOT_SERVING until the checks below pass
     codec = await asyncio.to_thread(TextCodec, config.model_path)
-    generator = GeneratorClient(config.generator_address, telemetry.client_interceptors())
-    info = await generator.model_info(timeout=config.generator_wait_seconds)
-    if info.tokenizer_fingerprint != codec.fingerprint:
+    make_client = client_factory(telemetry.client_interceptors(),
+                                 credentials=edge.generator_credentials(config), tracer=telemetry.tracer,
+                                 multiplexed=config.generator_transport == "many",
+                                 stream_interval_s=config.stream_interval_ms / 1000)
+    generator = build_pools(config, codec.fingerprint, make_client)
+    try:  # a pool whose fixed replicas all fail the parity check raises TokenizerMismatch
+        await generator.start(config.generator_wait_seconds)
+    except BaseException:
         await bound.server.stop(0)
         await generator.close()
-        raise TokenizerMismatch(
-            f"refusing to serve: the generator at {config.generator_address} uses a different tokenizer "
-            f"(fingerprint {info.tokenizer_fingerprint[:12]}…, ours {codec.fingerprint[:12]}…); start both tiers "
-            "with the same model"
-        )
-    servicer.set_ready(codec, generator, info)
+        raise
+    servicer.set_ready(codec, generator)
     telemetry.start_metrics(host_of(config.address))
     await bound.health.set(True)
-    log.info("tokenizer tier serving %s on port %d (generator %s)", config.model_name, bound.port,
-             config.generator_address)
+    log.info("tokenizer tier serving %s on port %d (generator pools: %s)", config.model_name, bound.port,
+             ", ".join(generator.models))
     return TokenizerServer(bound, generator, config, telemetry)
 
 

@@ -15,7 +15,7 @@ from splitserve.common.request_telemetry import RequestTracker, TrackedRequest
 from splitserve.common.status import abort_with
 from splitserve.tokenizer import pb_convert
 from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.generator_client import GeneratorClient
+from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools
 from splitserve.tokenizer.pipeline import generate_text
 from splitserve.tokenizer.text_codec import TextCodec
 
@@ -24,31 +24,26 @@ OFF_LOOP_PROMPT_CHARS = 8192
 
 
 class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
-    """Serves the public text API in front of one generator."""
+    """Serves the public text API in front of the generator pools (one per served model)."""
 
     def __init__(self, config: TokenizerConfig, tracker: RequestTracker) -> None:
         self._config = config
         self._tracker = tracker
-        self._ready: tuple[TextCodec, GeneratorClient, tokens_pb2.GetModelInfoResponse] | None = None
+        self._ready: tuple[TextCodec, GeneratorPools] | None = None
 
-    def set_ready(self, codec: TextCodec, generator: GeneratorClient,
-                  generator_info: tokens_pb2.GetModelInfoResponse) -> None:
-        """Starts answering; until then every call is UNAVAILABLE (the server binds before it loads)."""
-        self._ready = (codec, generator, generator_info)
+    def set_ready(self, codec: TextCodec, generators: GeneratorPools) -> None:
+        """Starts answering once every pool has an accepted replica; until then every call is UNAVAILABLE."""
+        self._ready = (codec, generators)
 
     @property
     def _codec(self) -> TextCodec:
         return self._parts()[0]
 
     @property
-    def _generator(self) -> GeneratorClient:
-        return self._parts()[1]
-
-    @property
     def _info(self) -> tokens_pb2.GetModelInfoResponse:
-        return self._parts()[2]
+        return _pool_info(self._parts()[1].default)
 
-    def _parts(self) -> tuple[TextCodec, GeneratorClient, tokens_pb2.GetModelInfoResponse]:
+    def _parts(self) -> tuple[TextCodec, GeneratorPools]:
         if self._ready is None:
             raise NotReady("the tokenizer tier is starting; retry shortly")
         return self._ready
@@ -101,12 +96,12 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
         try:
-            self._check_model(request.model)
-            info, cfg = self._info, self._config
+            pool = self._check_model(request.model)
+            info, cfg = _pool_info(pool), self._config
         except RequestError as error:
             await abort_with(context, error)
         return pb.GetModelInfoResponse(
-            model=cfg.model_name, engine=info.engine, vocab_size=info.vocab_size,
+            model=pool.model, engine=info.engine, vocab_size=info.vocab_size,
             eos_token_ids=info.eos_token_ids, max_input_tokens=info.max_input_tokens,
             max_total_tokens=info.max_total_tokens, max_new_tokens=info.max_new_tokens,
             default_max_new_tokens=info.default_max_new_tokens, tokenizer_fingerprint=self._codec.fingerprint,
@@ -118,13 +113,13 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         with self._tracker.track(request_id) as tracked:
             await tracked.send_trace_id(context)
-            self._check_model(request.model)
-            tracked.set_engine(self._info.engine)
+            pool = self._check_model(request.model)
+            tracked.set_engine(_pool_info(pool).engine)
             with tracked.phase("tokenize"):
                 prompt_ids = await self._encode(request)
             _record_prompt(tracked, request)
             text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config)
-            async for chunk in generate_text(self._codec, self._generator, text_request, context.time_remaining(),
+            async for chunk in generate_text(self._codec, pool, text_request, context.time_remaining(),
                                              tracked):
                 tracked.record_output(chunk.text)
                 if chunk.finish_reason is not None:
@@ -137,9 +132,20 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
             return await asyncio.to_thread(pb_convert.encode_input, request, self._codec, self._config)
         return pb_convert.encode_input(request, self._codec, self._config)
 
-    def _check_model(self, model: str) -> None:
-        if model and model != self._config.model_name:
-            raise ModelNotFound(f"model {model!r} is not served here; this server serves {self._config.model_name!r}")
+    def _check_model(self, model: str) -> GeneratorPool:
+        """The pool serving `model` (the default pool when empty); NOT_FOUND for a model no pool serves."""
+        generators = self._parts()[1]
+        pool = generators.get(model)
+        if pool is None:
+            raise ModelNotFound(f"model {model!r} is not served here; this server serves "
+                                f"{', '.join(map(repr, generators.models))}")
+        return pool
+
+
+def _pool_info(pool: GeneratorPool) -> tokens_pb2.GetModelInfoResponse:
+    """The pool's limits, fixed by its first accepted replica (a pool is not served before it has one)."""
+    assert pool.info is not None, "pools are started before the servicer is ready"
+    return pool.info
 
 
 def _record_prompt(tracked: TrackedRequest, request: pb_convert.AnyGenerateRequest) -> None:

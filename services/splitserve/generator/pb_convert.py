@@ -1,0 +1,84 @@
+"""Internal token-API messages ⇄ the generator's plain types, both ways (generator servicer, tokenizer client)."""
+
+from __future__ import annotations
+
+from splitserve.api.tokens.v1 import tokens_pb2 as pb
+from splitserve.generator.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+    TokenOutput,
+)
+
+_FINISH = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.EOS_TOKEN: pb.FINISH_REASON_EOS_TOKEN,
+    FinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
+    s = msg.sampling
+    sampling = SamplingParams(
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_k=s.top_k if s.HasField("top_k") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+        seed=s.seed if s.HasField("seed") else None,
+    )
+    return GenerationRequest(
+        request_id=msg.request_id or "anonymous",
+        prompt_token_ids=list(msg.prompt_token_ids),
+        sampling=sampling,
+        max_new_tokens=msg.max_new_tokens if msg.HasField("max_new_tokens") else None,
+        min_new_tokens=msg.min_new_tokens,
+        stop_token_ids=tuple(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        logprobs=msg.logprobs,
+        top_logprobs=msg.top_logprobs,
+    )
+
+
+def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(tokens=[
+        pb.Token(id=t.token_id, logprob=t.logprob,
+                 top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in t.top_logprobs])
+        for t in chunk.tokens
+    ])
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH[chunk.finish_reason]
+        msg.prompt_tokens = chunk.num_prompt_tokens
+        msg.completion_tokens = chunk.num_generated_tokens
+        if chunk.seed is not None:
+            msg.seed = chunk.seed
+        if chunk.stop_token_id is not None:
+            msg.stop_token_id = chunk.stop_token_id
+    return msg
+
+
+_FINISH_FROM_PB = {value: reason for reason, value in _FINISH.items()}
+
+
+def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:
+    s = request.sampling
+    return pb.GenerateRequest(
+        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+        sampling=pb.SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                   repetition_penalty=s.repetition_penalty, seed=s.seed),
+        max_new_tokens=request.max_new_tokens, min_new_tokens=request.min_new_tokens,
+        stop_token_ids=list(request.stop_token_ids), ignore_eos=request.ignore_eos,
+        logprobs=request.logprobs, top_logprobs=request.top_logprobs,
+    )
+
+
+def chunk_from_pb(msg: pb.GenerateResponse) -> GenerationChunk:
+    tokens = [TokenOutput(t.id, t.logprob if t.HasField("logprob") else None,
+                          tuple((a.id, a.logprob) for a in t.top_logprobs)) for t in msg.tokens]
+    if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+        return GenerationChunk(tokens)
+    return GenerationChunk(
+        tokens, _FINISH_FROM_PB[msg.finish_reason], msg.stop_token_id if msg.HasField("stop_token_id") else None,
+        msg.prompt_tokens, msg.completion_tokens, msg.seed if msg.HasField("seed") else None,
+    )
