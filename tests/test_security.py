@@ -161,3 +161,23 @@ async def test_plain_prompts_keep_special_tokens_chat_content_does_not(model_dir
         chat.allow_special_tokens_in_content = True
         raw = await stack.text.Generate(pb.GenerateRequest(chat=chat, stopping=pb.StoppingCriteria(max_new_tokens=1)))
         assert safe.usage.prompt_tokens > raw.usage.prompt_tokens  # the string became several plain-text tokens
+
+
+@pytest.mark.parametrize(("server_name", "reachable"), [("localhost", True), ("not-in-the-certificate", False)])
+async def test_generator_certificate_is_checked_against_the_configured_name(
+    secure: Secure, server_name: str, reachable: bool
+) -> None:
+    from splitserve.tokenizer.generator_client import GeneratorClient
+
+    credentials = grpc.ssl_channel_credentials(secure.pem("ca.pem"), secure.pem("client-key.pem"),
+                                               secure.pem("client.pem"))
+    # Dialled by IP as a pool dials pods it found through DNS; the name is what the certificate must hold.
+    client = GeneratorClient(secure.stack.generator_address, credentials=credentials, tls_server_name=server_name)
+    try:
+        if reachable:
+            assert (await client.model_info(timeout=5)).vocab_size == 49152
+        else:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.model_info(timeout=2)
+    finally:
+        await client.close()

@@ -122,8 +122,9 @@ def run_up(args: argparse.Namespace, model_path: str, model_name: str) -> int:
     with local_stack(args, model_path, model_name) as plan:
         print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
               f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait only sees blocked signals
+        signal.sigwait(stop_signals)
     return 0
 
 

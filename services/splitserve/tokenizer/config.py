@@ -37,6 +37,7 @@ class TokenizerConfig:
     generator_tls_ca: str | None = None  # TLS to the generator: the CA that signed its certificate
     generator_tls_cert: str | None = None  # and this tier's client certificate (mutual TLS)
     generator_tls_key: str | None = None
+    generator_tls_server_name: str | None = None  # name the generators' certificate holds, when dialled by IP
     auth_token: Secret | None = None  # bearer token the public API requires (none: no check)
 
 
@@ -66,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-tls-ca", default=None, help="PEM CA of the generator's certificate (enables TLS)")
     parser.add_argument("--generator-tls-cert", default=None, help="PEM client certificate for mutual TLS")
     parser.add_argument("--generator-tls-key", default=None, help="PEM key of --generator-tls-cert")
+    parser.add_argument("--generator-tls-server-name", default=None,
+                        help="expected name in the generators' certificate (needed with dns:/// targets)")
     parser.add_argument("--auth-token-file", default=None,
                         help=f"file holding the bearer token the public API requires (else ${TOKEN_ENV})")
 
@@ -82,7 +85,7 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Tok
         max_receive_message_bytes=args.max_receive_message_bytes, max_concurrent_streams=args.max_concurrent_streams,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         generator_tls_ca=args.generator_tls_ca, generator_tls_cert=args.generator_tls_cert,
-        generator_tls_key=args.generator_tls_key,
+        generator_tls_key=args.generator_tls_key, generator_tls_server_name=args.generator_tls_server_name,
         auth_token=read_token(args.auth_token_file, os.environ),  # from_args runs at the entry point only
     )
 

@@ -36,13 +36,16 @@ class GeneratorClient:
 
     def __init__(self, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = (), *,
                  credentials: grpc.ChannelCredentials | None = None, multiplexed: bool = True,
-                 tracer: trace.Tracer | None = None, stream_interval_s: float = 0.0) -> None:
+                 tracer: trace.Tracer | None = None, stream_interval_s: float = 0.0,
+                 tls_server_name: str | None = None) -> None:
         self.address = address
         # interceptors: tracing's client spans and the traceparent header on every call
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
         else:  # TLS, mutual when the credentials hold a client certificate
-            self._channel = grpc.aio.secure_channel(address, credentials, options=SERVER_OPTIONS,
+            # Pods found through DNS are dialled by IP: check their certificate against the service name.
+            name = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+            self._channel = grpc.aio.secure_channel(address, credentials, options=[*SERVER_OPTIONS, *name],
                                                     interceptors=list(interceptors))
         self._stub = tokens_pb2_grpc.TokenGenerationServiceStub(self._channel)
         # Multiplexed: every request shares one GenerateMany stream (far fewer messages under load).
