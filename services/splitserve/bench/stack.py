@@ -7,12 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from splitserve.local_stack import wait_serving
 
 READY_TIMEOUT_S = 900.0  # a large model on a GPU loads for minutes
 
@@ -35,23 +33,6 @@ def free_port() -> int:
 def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "splitserve", tier, "--model", model, "--log-level", "WARNING", *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
-
-
-def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    """Polls grpc.health.v1 until SERVING; fails early if a tier exits."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            for process in processes:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} did not become SERVING within {timeout:.0f}s")
 
 
 @contextlib.contextmanager

@@ -20,8 +20,7 @@ from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import RequestError
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.generator.engine import Engine
-from splitserve.generator.pb_convert import chunk_to_pb, request_from_pb
-from splitserve.generator.validation import validate_request
+from splitserve.generator.tracked import run_tracked
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +102,9 @@ class MultiplexedStream:
     async def _generate(self, stream_id: int, start: pb.GenerateRequest) -> None:
         with self._tracker.track(start.request_id or "anonymous") as tracked:
             self._check_ready()
-            validated = validate_request(request_from_pb(start), self._engine.info)
-            tracked.set_engine(self._engine.info.engine)
-            stream = tracked.observe(self._engine.generate(validated), "queue_wait", "decode")
-            async with contextlib.aclosing(stream) as chunks:
-                async for chunk in chunks:
-                    if chunk.finish_reason is not None:
-                        tracked.finish(chunk.finish_reason.value, chunk.num_prompt_tokens, chunk.num_generated_tokens)
-                    self._emit(pb.RequestDelta(stream_id=stream_id, response=chunk_to_pb(chunk)))
+            async with contextlib.aclosing(run_tracked(self._engine, tracked, start)) as responses:
+                async for response in responses:
+                    self._emit(pb.RequestDelta(stream_id=stream_id, response=response))
 
     def _emit(self, delta: pb.RequestDelta) -> None:
         self._outbox.append(delta)

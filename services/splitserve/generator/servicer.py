@@ -15,8 +15,7 @@ from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.multiplex import MultiplexedStream
-from splitserve.generator.pb_convert import chunk_to_pb, request_from_pb
-from splitserve.generator.validation import validate_request
+from splitserve.generator.tracked import run_tracked
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +40,10 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
             with self._tracker.track(request.request_id or "anonymous") as tracked:
                 await tracked.send_trace_id(context)
                 self._check_ready()
-                validated = validate_request(request_from_pb(request), self._engine.info)
-                tracked.set_engine(self._engine.info.engine)
                 # aclosing: a cancelled call closes the stream, which aborts the request in the engine
-                stream = tracked.observe(self._engine.generate(validated), "queue_wait", "decode")
-                async with contextlib.aclosing(stream) as chunks:
-                    async for chunk in chunks:
-                        if chunk.finish_reason is not None:
-                            tracked.finish(chunk.finish_reason.value, chunk.num_prompt_tokens,
-                                           chunk.num_generated_tokens)
-                        yield chunk_to_pb(chunk)
+                async with contextlib.aclosing(run_tracked(self._engine, tracked, request)) as responses:
+                    async for response in responses:
+                        yield response
         except RequestError as error:
             await abort_with(context, error)
 
