@@ -15,7 +15,7 @@ from splitserve.api.tokens.v1 import tokens_pb2 as tpb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
 
 from .test_generation import greedy
-from .test_service_lifecycle import free_port, spawn
+from .test_service_lifecycle import spawn
 
 TOKENS = 600  # ~2.4 s at the bench engine's modelled 4 ms step: SIGTERM lands mid-stream
 
@@ -45,7 +45,7 @@ async def stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.slow
 async def test_sigterm_drains_each_tier_and_refuses_new_calls(model_dir: Path) -> None:
-    from splitserve.local_stack import wait_serving
+    from splitserve.local_stack import free_port, wait_serving
 
     gen_port, tok_port = free_port(), free_port()
     generator = spawn("generator", model_dir, "--engine", "bench", "--address", f"127.0.0.1:{gen_port}",

@@ -16,9 +16,10 @@ import pytest
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.api.tokens.v1 import tokens_pb2 as tpb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
+from splitserve.local_stack import free_port, stop_processes, wait_serving
 
 from .test_generation import greedy
-from .test_service_lifecycle import free_port, spawn
+from .test_service_lifecycle import spawn
 
 STREAMS = 1000
 CHANNELS = 10  # separate connections, as many clients would open
@@ -72,7 +73,6 @@ def rss_mib(process: subprocess.Popen[bytes]) -> float:
 
 @pytest.mark.slow
 async def test_thousand_concurrent_streams_with_cancellations(model_dir: Path) -> None:
-    from splitserve.local_stack import wait_serving
 
     gen_port, tok_port = free_port(), free_port()
     generator = spawn("generator", model_dir, "--engine", "bench", "--address", f"127.0.0.1:{gen_port}",
@@ -101,9 +101,4 @@ async def test_thousand_concurrent_streams_with_cancellations(model_dir: Path) -
         for name in processes:
             assert after[name] <= before[name] * 1.10, f"{name} RSS grew {before[name]:.0f} -> {after[name]:.0f} MiB"
     finally:
-        for process in (tokenizer, generator):
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, 20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        await asyncio.to_thread(stop_processes, [tokenizer, generator], 20)

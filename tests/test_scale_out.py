@@ -20,14 +20,21 @@ from splitserve import probe
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.common.model_store import DEFAULT_MODEL_NAME
-from splitserve.local_stack import Process, StackPlan, spawn_generator, spawn_stack, stop_processes, wait_serving
+from splitserve.local_stack import (
+    Process,
+    StackPlan,
+    free_port,
+    spawn_generator,
+    spawn_stack,
+    stop_processes,
+    wait_serving,
+)
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.generator_pool import PoolTiming
 from splitserve.tokenizer.routing import ReplicaState
 from splitserve.tokenizer.server import start_tokenizer
 
 from .test_generation import greedy
-from .test_service_lifecycle import free_port
 
 BENCH = ("--engine", "bench", "--max-batch-size", "32")
 

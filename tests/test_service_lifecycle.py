@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.model_store import DEFAULT_MODEL_NAME
 from splitserve.generator.engines.torch_engine import TorchEngine
+from splitserve.local_stack import free_port, stop_processes, wait_serving
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.server import TokenizerMismatch, start_tokenizer
 
@@ -109,13 +110,6 @@ async def test_engine_crash_fails_in_flight_as_unavailable_and_restarts(stack: S
     pytest.fail("the tokenizer tier did not route to the restarted generator within 5 s")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def spawn(tier: str, model_dir: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "splitserve", tier, "--model", str(model_dir),
@@ -124,7 +118,6 @@ def spawn(tier: str, model_dir: Path, *args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 async def test_sigterm_drains_in_flight_streams_then_exits(model_dir: Path) -> None:
-    from splitserve.local_stack import wait_serving
 
     gen_port, tok_port = free_port(), free_port()
     generator = spawn("generator", model_dir, "--address", f"127.0.0.1:{gen_port}")
@@ -145,12 +138,7 @@ async def test_sigterm_drains_in_flight_streams_then_exits(model_dir: Path) -> N
             assert last.usage.completion_tokens == 40
             assert await asyncio.to_thread(tokenizer.wait, 30) == 0
     finally:
-        for process in (tokenizer, generator):
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, 20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        await asyncio.to_thread(stop_processes, [tokenizer, generator], 20)
     assert generator.returncode == 0
 
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
+from splitserve.local_stack import free_port
 
 rotel = pytest.importorskip("rotel")
 
@@ -41,11 +41,6 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                 self.spans.extend((attrs.get("service.name", ""), s.name, s.trace_id.hex()) for s in scope.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +24,10 @@ from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.bench.cpu import CpuMeter
 from splitserve.bench.stack import started_stack
 from splitserve.common.model_store import default_cache_dir, ensure_default_model
+from splitserve.local_stack import free_port
 
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea. " * 10  # ~130 tokens
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,13 @@ READY_TIMEOUT_S = 600.0
 
 
 Process = subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for tiers started on ports chosen here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _spawn(tier: str, model_path: str, model_name: str, extra: list[str]) -> Process:
@@ -90,14 +98,14 @@ def spawn_generator(address: str, metrics_port: int, model_path: str, model_name
                                                         *args])
 
 
-def stop_processes(processes: Sequence[Process]) -> None:
+def stop_processes(processes: Sequence[Process], timeout: float = 15.0) -> None:
     """SIGTERM to all (tokenizers drain first when listed first), then SIGKILL whatever has not exited."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)

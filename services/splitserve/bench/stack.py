@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from splitserve.local_stack import wait_serving
+from splitserve.local_stack import free_port, stop_processes, wait_serving
 
 READY_TIMEOUT_S = 900.0  # a large model on a GPU loads for minutes
 
@@ -22,12 +20,6 @@ class StackProcesses:
     address: str
     tokenizer_pid: int
     generator_pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -46,10 +38,4 @@ def started_stack(model: str, generator_args: list[str]) -> Iterator[StackProces
         wait_serving(address, processes, READY_TIMEOUT_S)
         yield StackProcesses(address, tokenizer.pid, generator.pid)
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes([tokenizer, generator], timeout=20)
