@@ -23,7 +23,7 @@ from splitserve.common.telemetry import Telemetry
 
 TRACE_ID_METADATA = "x-trace-id"
 # gRPC codes that are the server's fault mark the span as an error; the caller's mistakes do not.
-_SERVER_FAULTS = {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"}
+SERVER_FAULTS = {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED", "UNIMPLEMENTED"}
 
 
 class _Chunk(Protocol):
@@ -163,7 +163,7 @@ class TrackedRequest:
             self.span.set_attribute("splitserve.completion", "".join(self._output))
         if self.finish_reason:
             self.span.set_attribute("gen_ai.response.finish_reasons", (self.finish_reason,))
-        if code in _SERVER_FAULTS:
+        if code in SERVER_FAULTS:
             self.span.set_status(Status(StatusCode.ERROR, code))
 
 

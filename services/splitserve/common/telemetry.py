@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.instrumentation.grpc.filters import any_of, health_check, method_name, negate, service_prefix
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -160,13 +160,12 @@ class Telemetry:
         # GenerateMany carries many requests for as long as a connection lives: it traces each request
         # itself (generator/multiplex.py), so the call as a whole gets no span.
         # GetLoad is the pools' once-a-second probe: a trace each would drown the real ones.
-        untraced = negate(any_of(health_check(), service_prefix("grpc.reflection"), method_name(MULTIPLEXED),
-                                 method_name("GetLoad")))
-        return [aio_server_interceptor(tracer_provider=self.provider, filter_=untraced)] if self.provider else []
+        traced = traced_except(("grpc.health.v1.Health", "grpc.reflection"), (MULTIPLEXED, "GetLoad"))
+        return [aio_server_interceptor(tracer_provider=self.provider, filter_=traced)] if self.provider else []
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
-        untraced = negate(method_name(MULTIPLEXED))
-        return list(aio_client_interceptors(tracer_provider=self.provider, filter_=untraced)) if self.provider else []
+        traced = traced_except((), (MULTIPLEXED,))
+        return list(aio_client_interceptors(tracer_provider=self.provider, filter_=traced)) if self.provider else []
 
     def start_metrics(self, host: str) -> None:
         """Serves /metrics when a port is configured."""
@@ -191,3 +190,28 @@ def host_of(address: str) -> str:
     """The host part of host:port (IPv6 brackets removed); metrics bind where gRPC binds."""
     host = address.rsplit(":", 1)[0]
     return host.strip("[]") or "0.0.0.0"
+
+
+def traced_except(service_prefixes: Sequence[str], methods: Sequence[str]) -> Callable[[Any], bool]:
+    """The interceptors' filter: False for calls to services starting with a prefix, or to a method name.
+
+    It runs on every call; the verdict is kept per method path (OpenTelemetry's composable filters
+    re-parse the path on every call, a measurable share of a short request's CPU).
+    """
+    prefixes, names = tuple(service_prefixes), frozenset(methods)
+    verdicts: dict[str | bytes, bool] = {}
+
+    def traced(details: Any) -> bool:
+        path = details.method
+        verdict = verdicts.get(path)
+        if verdict is None:
+            service, _, method = (path.decode() if isinstance(path, bytes) else path).lstrip("/").partition("/")
+            verdict = not (service.startswith(prefixes) or method in names)
+            if len(verdicts) < _MAX_CACHED_PATHS:  # unknown paths from callers must not grow it without bound
+                verdicts[path] = verdict
+        return verdict
+
+    return traced
+
+
+_MAX_CACHED_PATHS = 256

@@ -42,11 +42,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
 
 
 def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(tokens=[
-        pb.Token(id=t.token_id, logprob=t.logprob,
-                 top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in t.top_logprobs])
-        for t in chunk.tokens
-    ])
+    msg = pb.GenerateResponse(tokens=[_token_to_pb(t) for t in chunk.tokens])
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH[chunk.finish_reason]
         msg.prompt_tokens = chunk.num_prompt_tokens
@@ -74,11 +70,27 @@ def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:
 
 
 def chunk_from_pb(msg: pb.GenerateResponse) -> GenerationChunk:
-    tokens = [TokenOutput(t.id, t.logprob if t.HasField("logprob") else None,
-                          tuple((a.id, a.logprob) for a in t.top_logprobs)) for t in msg.tokens]
+    tokens = [_token_from_pb(t) for t in msg.tokens]
     if msg.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
         return GenerationChunk(tokens)
     return GenerationChunk(
         tokens, _FINISH_FROM_PB[msg.finish_reason], msg.stop_token_id if msg.HasField("stop_token_id") else None,
         msg.prompt_tokens, msg.completion_tokens, msg.seed if msg.HasField("seed") else None,
     )
+
+
+# Per-token conversions run once per generated token on both tiers: the common case (no logprobs)
+# takes the short path.
+
+def _token_to_pb(token: TokenOutput) -> pb.Token:
+    if token.logprob is None and not token.top_logprobs:
+        return pb.Token(id=token.token_id)
+    return pb.Token(id=token.token_id, logprob=token.logprob,
+                    top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in token.top_logprobs])
+
+
+def _token_from_pb(token: pb.Token) -> TokenOutput:
+    if not token.HasField("logprob") and not token.top_logprobs:
+        return TokenOutput(token.id)
+    return TokenOutput(token.id, token.logprob if token.HasField("logprob") else None,
+                       tuple((a.id, a.logprob) for a in token.top_logprobs))

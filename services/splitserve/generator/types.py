@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class FinishReason(enum.Enum):
@@ -45,9 +46,8 @@ class GenerationRequest:
     top_logprobs: int = 0
 
 
-@dataclass(frozen=True)
-class TokenOutput:
-    """One generated token."""
+class TokenOutput(NamedTuple):
+    """One generated token (a named tuple: one is made per token on the hot path, and tuples are cheap)."""
 
     token_id: int
     logprob: float | None = None

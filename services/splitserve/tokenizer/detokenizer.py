@@ -25,13 +25,15 @@ class IncrementalDetokenizer:
         self._generated: list[int] = []
         self._emitted: list[str] = []
         self._fallback = False
+        self._held = False  # the last step returned nothing: text may be held back for flush()
 
     def step(self, token_id: int) -> str:
         """Adds one generated id and returns the text it completes (often one piece, sometimes "")."""
         self._generated.append(token_id)
         if not self._fallback:
             try:
-                piece = self._stream.step(self._backend, token_id) or ""
+                step = self._stream.step(self._backend, token_id)
+                self._held, piece = step is None, step or ""
             except Exception:  # "Invalid prefix": the decoder rewrote earlier text; diff full decodes
                 self._fallback = True
                 piece = self._diff(hold_incomplete=True)
@@ -43,6 +45,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Returns the held-back tail so that the stream equals the full decode."""
+        if not self._fallback and not self._held:  # the last step emitted: nothing is held back
+            return ""
         tail = self._diff(hold_incomplete=False)
         if tail:
             self._emitted.append(tail)

@@ -15,9 +15,11 @@ from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.trace import Status, StatusCode
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import DeadlineExceeded, EngineUnavailable, RequestError, error_for_code
+from splitserve.common.request_telemetry import SERVER_FAULTS
 from splitserve.generator.multiplex import RPC_ATTRIBUTES, SPAN_NAME
 from splitserve.generator.pb_convert import chunk_from_pb, request_to_pb
 from splitserve.generator.types import GenerationChunk, GenerationRequest
@@ -62,7 +64,10 @@ class MultiplexedClient:
         """Streams chunks; closing this iterator cancels the request in the generator."""
         stream_id, inbox = next(self._ids), _Inbox()
         # Not made current: this generator is suspended between chunks, and the caller's code runs then.
-        with self._tracer.start_span(SPAN_NAME, kind=trace.SpanKind.CLIENT, attributes=RPC_ATTRIBUTES) as span:
+        # The outcome is recorded from the status code: closing this generator after its last chunk
+        # raises GeneratorExit in it, which is no error and is too costly to record on every request.
+        with self._tracer.start_span(SPAN_NAME, kind=trace.SpanKind.CLIENT, attributes=RPC_ATTRIBUTES,
+                                     record_exception=False, set_status_on_exception=False) as span:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(span))
             self._inboxes[stream_id] = inbox
@@ -89,6 +94,8 @@ class MultiplexedClient:
                 if not finished:
                     await self._cancel(stream_id)
                 span.set_attribute("rpc.grpc.status_code", getattr(grpc.StatusCode, code).value[0])
+                if code in SERVER_FAULTS:
+                    span.set_status(Status(StatusCode.ERROR, code))
 
     async def close(self) -> None:
         if self._reader is not None:

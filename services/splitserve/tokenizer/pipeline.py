@@ -36,13 +36,16 @@ class _Decoding:
         self.completion_tokens = 0
 
     def decode(self, chunk: GenerationChunk) -> tuple[str, list[TextToken]]:
-        tokens = [TextToken(t.token_id, self.detok.step(t.token_id), t.logprob, t.top_logprobs)
-                  for t in chunk.tokens]
-        self.completion_tokens += len(tokens)
-        text = "".join(t.text for t in tokens)
+        step = self.detok.step
+        pieces = [step(t.token_id) for t in chunk.tokens]
+        self.completion_tokens += len(pieces)
+        text = "".join(pieces)
         if chunk.finish_reason is not None:
             text += self.detok.flush()
-        return text, tokens if self.request.include_tokens else []
+        if not self.request.include_tokens:
+            return text, []
+        return text, [TextToken(t.token_id, piece, t.logprob, t.top_logprobs)
+                      for t, piece in zip(chunk.tokens, pieces, strict=True)]
 
 
 async def generate_text(codec: TextCodec, generator: TokenGenerator, request: TextRequest,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from splitserve.generator.types import GenerationRequest
 
@@ -28,9 +29,8 @@ class TextRequest:
     skip_special_tokens: bool = True
 
 
-@dataclass(frozen=True)
-class TextToken:
-    """One generated token with the text it completed."""
+class TextToken(NamedTuple):
+    """One generated token with the text it completed (a named tuple, like TokenOutput)."""
 
     token_id: int
     text: str
