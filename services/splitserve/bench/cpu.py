@@ -1,4 +1,4 @@
-"""CPU seconds of the serving processes, read from the processes themselves (psutil)."""
+"""CPU seconds of the serving processes (and their child processes), read from the processes themselves (psutil)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import psutil
 
 @dataclass(frozen=True)
 class CpuSample:
-    """Cumulative user + system CPU seconds of each watched process, by tier name."""
+    """Cumulative user + system CPU seconds of each watched process and its live children, by tier name."""
 
     seconds: dict[str, float]
 
@@ -21,13 +21,21 @@ class CpuMeter:
         self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
 
     def sample(self) -> CpuSample:
-        seconds = {}
-        for name, process in self._processes.items():
-            times = process.cpu_times()
-            seconds[name] = times.user + times.system
-        return CpuSample(seconds)
+        return CpuSample({name: _tree_seconds(process) for name, process in self._processes.items()})
 
     @staticmethod
     def spent(before: CpuSample, after: CpuSample) -> dict[str, float]:
         """CPU seconds each process used between two samples."""
         return {name: after.seconds[name] - before.seconds[name] for name in before.seconds}
+
+
+def _tree_seconds(process: psutil.Process) -> float:
+    """A tier's CPU seconds, its engine process included (generator --engine-process)."""
+    total = 0.0
+    for member in (process, *process.children(recursive=True)):
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:  # a child that just exited
+            continue
+        total += times.user + times.system
+    return total

@@ -17,6 +17,7 @@ class GeneratorConfig:
     model_name: str
     address: str = "127.0.0.1:50052"
     engine: str = "torch"
+    engine_process: bool = False  # run the engine in a child process (engine_process.py)
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 16
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = GeneratorConfig("", "")
     parser.add_argument("--address", default=d.address, help="host:port to listen on")
     parser.add_argument("--engine", default=d.engine, choices=ENGINE_NAMES)
+    parser.add_argument("--engine-process", action="store_true",
+                        help="run the engine (torch or bench) in a child process, apart from the gRPC event "
+                             "loop, so the two share no GIL")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (torch engine)")
     parser.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
@@ -73,6 +77,7 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
     """Builds and checks the config; raises ValueError on inconsistent limits."""
     config = GeneratorConfig(
         model_path=model_path, model_name=model_name, address=args.address, engine=args.engine,
+        engine_process=args.engine_process,
         device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         max_queued_requests=args.max_queued_requests, max_total_tokens=args.max_total_tokens,
         max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
@@ -96,6 +101,8 @@ def check(config: GeneratorConfig) -> None:
         raise ValueError("--default-max-new-tokens must be between 1 and --max-new-tokens")
     if config.engine == "trtllm-engine" and not config.engine_dir:
         raise ValueError("--engine trtllm-engine needs --engine-dir")
+    if config.engine_process and config.engine not in ("torch", "bench"):
+        raise ValueError("--engine-process serves the torch and bench engines (TensorRT-LLM runs its own workers)")
     if config.tensor_parallel_size < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
     if not 0 < config.kv_cache_free_gpu_memory_fraction <= 1:

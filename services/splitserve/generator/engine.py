@@ -43,6 +43,10 @@ HealthListener = Callable[[bool], None]
 
 def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
     """Builds the engine named by `config.engine`; heavy imports happen only for the chosen one."""
+    if config.engine_process:
+        from splitserve.generator.engine_process import EngineProcess
+
+        return EngineProcess(config, on_health)
     if config.engine == "torch":
         from splitserve.generator.engines.torch_engine import TorchEngine
 

@@ -1,0 +1,129 @@
+"""The engine process: runs one engine on its own event loop, fed and drained through a pipe.
+
+All output produced in one turn of this loop leaves as a single `Outputs` message, so the cost of
+the pipe is per engine step, not per token. The process ignores SIGINT (a terminal's Ctrl-C reaches
+the whole process group, and the parent drains before it stops the engine) and exits when the
+parent's end of the pipe closes, however the parent ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from multiprocessing.connection import Connection
+
+from splitserve.common.errors import RequestError
+from splitserve.common.request_log import configure_logging
+from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.engine import Engine, create_engine
+from splitserve.generator.engine_messages import (
+    Cancel,
+    Health,
+    Outputs,
+    Ready,
+    Shutdown,
+    Start,
+    StartFailed,
+    StreamError,
+    ToEngine,
+)
+from splitserve.generator.types import GenerationChunk
+
+log = logging.getLogger(__name__)
+
+
+def main(config: GeneratorConfig, conn: Connection, log_level: str) -> None:
+    """Entry point of the child process (multiprocessing, spawn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent drains first
+    configure_logging(log_level)
+    asyncio.run(_serve(config, conn))
+
+
+async def _serve(config: GeneratorConfig, conn: Connection) -> None:
+    worker = _Worker(conn, asyncio.get_running_loop())
+    engine = create_engine(config, worker.health)
+    try:
+        await engine.start()
+    except Exception as error:
+        log.exception("engine failed to start")
+        conn.send(StartFailed(f"{type(error).__name__}: {error}"))
+        await engine.stop()
+        return
+    worker.engine = engine
+    conn.send(Ready(engine.info))
+    try:
+        await worker.serve()
+    finally:
+        await worker.abort_all()
+        await engine.stop()
+
+
+class _Worker:
+    """Starts and cancels the parent's streams on the engine; batches their outputs into the pipe."""
+
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine: Engine | None = None
+        self._conn = conn
+        self._loop = loop
+        self._inbound: asyncio.Queue[ToEngine | None] = asyncio.Queue()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._outbox: list[tuple[int, GenerationChunk | StreamError]] = []
+        self._flush_scheduled = False
+
+    def health(self, serving: bool) -> None:
+        self._conn.send(Health(serving))
+
+    async def serve(self) -> None:
+        """Handles the parent's messages until it asks to shut down or goes away."""
+        threading.Thread(target=self._receive, name="engine-pipe-reader", daemon=True).start()
+        while (message := await self._inbound.get()) is not None and not isinstance(message, Shutdown):
+            if isinstance(message, Start):
+                self._tasks[message.stream_id] = self._loop.create_task(self._run(message))
+            elif isinstance(message, Cancel) and (task := self._tasks.get(message.stream_id)) is not None:
+                task.cancel()
+
+    async def abort_all(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _receive(self) -> None:
+        """Blocking reads on a thread (the GIL is free while it waits); EOF means the parent is gone."""
+        try:
+            while True:
+                message = self._conn.recv()
+                self._loop.call_soon_threadsafe(self._inbound.put_nowait, message)
+        except (EOFError, OSError):
+            self._loop.call_soon_threadsafe(self._inbound.put_nowait, None)
+
+    async def _run(self, start: Start) -> None:
+        assert self.engine is not None
+        try:
+            async with contextlib.aclosing(self.engine.generate(start.request)) as chunks:
+                async for chunk in chunks:
+                    self._emit(start.stream_id, chunk)
+        except RequestError as error:
+            self._emit(start.stream_id, StreamError(error.code_name, error.message))
+        except asyncio.CancelledError:
+            pass  # the parent cancelled it: nobody waits for its output
+        except Exception as error:  # one request's failure must not end the others
+            log.exception("request %s failed in the engine", start.request.request_id)
+            self._emit(start.stream_id, StreamError("INTERNAL", f"engine error: {error}"))
+        finally:
+            self._tasks.pop(start.stream_id, None)
+
+    def _emit(self, stream_id: int, item: GenerationChunk | StreamError) -> None:
+        self._outbox.append((stream_id, item))
+        if not self._flush_scheduled:  # after every ready callback of this loop turn has run
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        assert self.engine is not None
+        self._flush_scheduled = False
+        items, self._outbox = self._outbox, []
+        with contextlib.suppress(OSError):  # the parent is gone; the reader thread ends the loop
+            self._conn.send(Outputs(items, self.engine.load()))
