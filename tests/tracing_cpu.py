@@ -62,7 +62,7 @@ async def load(address: str, requests: int, concurrency: int, output_len: int) -
 
 def measure(mode: str, model: str, args: argparse.Namespace) -> dict[str, float]:
     """Microseconds of CPU per request, by tier, after a warm-up round."""
-    with started_stack(model, ["--engine", "bench", "--max-batch-size", "64"]) as stack:
+    with started_stack(model, ["--engine", "bench", "--max-batch-size", "64"], []) as stack:
         asyncio.run(load(stack.address, args.concurrency, args.concurrency, args.output_len))
         meter = CpuMeter({"tokenizer": stack.tokenizer_pid, "generator": stack.generator_pid})
         before = meter.sample()

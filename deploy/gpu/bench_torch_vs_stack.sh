@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On an NVIDIA H100/H200: the torch engine in-process vs the full two-tier stack over the same engine,
 # on a Llama-3-8B-shaped model with random bf16 weights, ISL/OSL 128/128 at several concurrencies.
-# Prints both throughputs and their ratio per concurrency. Needs no internet once the default model's
+# Prints both throughputs and their ratio per concurrency, for the engine in the generator process
+# and in its own process (--engine-process). Needs no internet once the default model's
 # tokenizer is cached (or pass TOKENIZER_DIR=folder with tokenizer files).
 #
 #   bash deploy/gpu/bench_torch_vs_stack.sh            # CONCURRENCY=1,16,64,128 DURATION=20 WARMUP=5
@@ -40,16 +41,21 @@ COMMON=(--model "$MODEL_DIR" --engine torch --max-batch-size "$MAX_BATCH" --conc
         --input-len 128 --output-len 128 --warmup "$WARMUP" --duration "$DURATION" --no-progress "${GEN_ARGS[@]}")
 
 # Separate processes, so the in-process engine's GPU memory is gone before the stack loads its own.
+# The stack runs twice: the engine in the generator process, then in its own (--engine-process).
 "$PY" -m splitserve.bench --in-process "${COMMON[@]}" --json "$OUT/in_process.json"
 "$PY" -m splitserve.bench "${COMMON[@]}" --json "$OUT/stack.json"
+"$PY" -m splitserve.bench "${COMMON[@]}" --generator-arg=--engine-process --json "$OUT/stack_engine_process.json"
 
-"$PY" - "$OUT/in_process.json" "$OUT/stack.json" <<'PYEOF'
+"$PY" - "$OUT/in_process.json" "$OUT/stack.json" "$OUT/stack_engine_process.json" <<'PYEOF'
 import json, sys
-alone, full = (json.load(open(p)) for p in sys.argv[1:3])
-print(f"{'level':<18}{'in-process tok/s':>18}{'stack tok/s':>14}{'ratio':>8}{'TTFT p50 +ms':>14}")
-for a, s in zip(alone["in_process"], full["stack"]):
-    ratio = s["output_tokens_per_s"] / a["output_tokens_per_s"] if a["output_tokens_per_s"] else float("nan")
-    added = s["ttft_ms"]["p50"] - a["ttft_ms"]["p50"]
-    print(f"{s['level']:<18}{a['output_tokens_per_s']:>18.0f}{s['output_tokens_per_s']:>14.0f}{ratio:>8.3f}{added:>14.1f}")
+alone = json.load(open(sys.argv[1]))["in_process"]
+print(f"{'stack':<22}{'level':<18}{'in-process tok/s':>18}{'stack tok/s':>14}{'ratio':>8}{'TTFT p50 +ms':>14}")
+for path in sys.argv[2:]:
+    name = "engine process" if "engine_process" in path else "engine in generator"
+    for a, s in zip(alone, json.load(open(path))["stack"]):
+        ratio = s["output_tokens_per_s"] / a["output_tokens_per_s"] if a["output_tokens_per_s"] else float("nan")
+        added = s["ttft_ms"]["p50"] - a["ttft_ms"]["p50"]
+        print(f"{name:<22}{s['level']:<18}{a['output_tokens_per_s']:>18.0f}{s['output_tokens_per_s']:>14.0f}"
+              f"{ratio:>8.3f}{added:>14.1f}")
 PYEOF
-echo "reports: $OUT/in_process.json $OUT/stack.json"
+echo "reports: $OUT/in_process.json $OUT/stack.json $OUT/stack_engine_process.json"

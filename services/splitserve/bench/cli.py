@@ -37,6 +37,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--max-batch-size", type=int, default=256, help="generator --max-batch-size")
     target.add_argument("--generator-arg", action="append", default=[],
                         help="extra generator flag, e.g. --generator-arg=--device=cuda (repeatable)")
+    target.add_argument("--tokenizer-arg", action="append", default=[],
+                        help="extra tokenizer flag of the stack this bench starts, e.g. "
+                             "--tokenizer-arg=--stream-interval-ms=20 (repeatable)")
     load = parser.add_argument_group("load")
     load.add_argument("--concurrency", default="1,16,64,256", help="comma list of concurrent streams")
     load.add_argument("--request-rate", default=None,
@@ -103,7 +106,7 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
     generator_args = ["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
                       "--max-queued-requests", str(4 * max(args.max_batch_size, _max_in_flight(args))),
                       *args.generator_arg]
-    with started_stack(model_path, generator_args) as stack:
+    with started_stack(model_path, generator_args, args.tokenizer_arg) as stack:
         return await _grpc_levels(args, stack.address, workload,
                                   {"tokenizer": stack.tokenizer_pid, "generator": stack.generator_pid})
 

@@ -28,11 +28,11 @@ def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def started_stack(model: str, generator_args: list[str]) -> Iterator[StackProcesses]:
-    """Generator (with `generator_args`) and tokenizer tiers; SIGTERM then SIGKILL on exit."""
+def started_stack(model: str, generator_args: list[str], tokenizer_args: list[str]) -> Iterator[StackProcesses]:
+    """Generator and tokenizer tiers with extra flags; SIGTERM then SIGKILL on exit."""
     generator_address, address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     generator = _spawn("generator", model, ["--address", generator_address, *generator_args])
-    tokenizer = _spawn("tokenizer", model, ["--address", address, "--generator", generator_address])
+    tokenizer = _spawn("tokenizer", model, ["--address", address, "--generator", generator_address, *tokenizer_args])
     processes = [generator, tokenizer]
     try:
         wait_serving(address, processes, READY_TIMEOUT_S)
