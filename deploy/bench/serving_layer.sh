@@ -16,12 +16,13 @@ MODEL=(${MODEL_DIR:+--model "$MODEL_DIR"})
 COMMON=("${MODEL[@]}" --engine bench --max-batch-size 256 --warmup "$WARMUP" --duration "$DURATION" --no-progress)
 LOAD=(--concurrency "$CONCURRENCY" --input-len 128 --output-len 128)
 
-# name | tokenizer flags | generator flags
+# name | tokenizer flags | generator flags | tokenizer processes
 VARIANTS=(
-  "stream|--generator-transport=stream|"
-  "many||"
-  "many-interval20|--stream-interval-ms=20|"
-  "many-interval20-engine-process|--stream-interval-ms=20|--engine-process"
+  "stream|--generator-transport=stream||1"
+  "many|||1"
+  "many-interval20|--stream-interval-ms=20||1"
+  "many-interval20-engine-process|--stream-interval-ms=20|--engine-process|1"
+  "many-interval20-engine-process-3tok|--stream-interval-ms=20|--engine-process|3"
 )
 
 flags() {  # flags <--tokenizer-arg|--generator-arg> "space separated flags"
@@ -30,8 +31,8 @@ flags() {  # flags <--tokenizer-arg|--generator-arg> "space separated flags"
 
 "$PY" -m splitserve bench --in-process "${COMMON[@]}" "${LOAD[@]}" --json "$OUT/in-process.json"
 for variant in "${VARIANTS[@]}"; do
-  IFS='|' read -r name tok gen <<<"$variant"
-  mapfile -t extra < <(flags --tokenizer-arg "$tok"; flags --generator-arg "$gen")
+  IFS='|' read -r name tok gen tokenizers <<<"$variant"
+  mapfile -t extra < <(flags --tokenizer-arg "$tok"; flags --generator-arg "$gen"; echo "--tokenizers=$tokenizers")
   "$PY" -m splitserve bench "${COMMON[@]}" "${LOAD[@]}" "${extra[@]}" --json "$OUT/stack-$name.json" \
     --plot "$OUT/stack-$name.png"
   # Per-request cost: one output token each, so the request's fixed work dominates.

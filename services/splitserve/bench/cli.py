@@ -27,8 +27,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (prompts, and the stack it starts)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the default model is cached")
     target = parser.add_argument_group("target (default: start both tiers with --engine)")
-    target.add_argument("--address", default=None, help="bench a running public API instead of starting one")
-    target.add_argument("--tokenizer-pid", type=int, default=None, help="with --address: CPU accounting")
+    target.add_argument("--address", default=None,
+                        help="bench a running public API instead of starting one (comma list: round-robin)")
+    target.add_argument("--tokenizer-pid", type=_pids, default=[], help="with --address: CPU accounting "
+                        "(comma list: the tier's processes)")
     target.add_argument("--generator-pid", type=int, default=None, help="with --address: CPU accounting")
     target.add_argument("--in-process", action="store_true", help="the engine alone in this process, no gRPC")
     target.add_argument("--compare-in-process", action="store_true",
@@ -37,6 +39,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--max-batch-size", type=int, default=256, help="generator --max-batch-size")
     target.add_argument("--generator-arg", action="append", default=[],
                         help="extra generator flag, e.g. --generator-arg=--device=cuda (repeatable)")
+    target.add_argument("--tokenizers", type=int, default=1,
+                        help="tokenizer processes of the stack this bench starts (the tier scaled out)")
     target.add_argument("--tokenizer-arg", action="append", default=[],
                         help="extra tokenizer flag of the stack this bench starts, e.g. "
                              "--tokenizer-arg=--stream-interval-ms=20 (repeatable)")
@@ -99,22 +103,29 @@ async def _bench(args: argparse.Namespace, model_path: str) -> dict[str, Any]:
 
 async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Workload) -> list[dict[str, Any]]:
     if args.address is not None:
-        pids = {k: v for k, v in (("tokenizer", args.tokenizer_pid), ("generator", args.generator_pid)) if v}
-        return await _grpc_levels(args, args.address, workload, pids)
+        pids: dict[str, int | list[int]] = {"tokenizer": args.tokenizer_pid}
+        if args.generator_pid:
+            pids["generator"] = args.generator_pid
+        return await _grpc_levels(args, args.address.split(","), workload, {k: v for k, v in pids.items() if v})
     from splitserve.bench.stack import started_stack
 
     generator_args = ["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
                       "--max-queued-requests", str(4 * max(args.max_batch_size, _max_in_flight(args))),
                       *args.generator_arg]
-    with started_stack(model_path, generator_args, args.tokenizer_arg) as stack:
-        return await _grpc_levels(args, stack.address, workload,
-                                  {"tokenizer": stack.tokenizer_pid, "generator": stack.generator_pid})
+    with started_stack(model_path, generator_args, args.tokenizer_arg, args.tokenizers) as stack:
+        return await _grpc_levels(args, stack.addresses, workload,
+                                  {"tokenizer": stack.tokenizer_pids, "generator": stack.generator_pid,
+                                   "client": os.getpid()})  # the load generator: is it the limit?
 
 
-async def _grpc_levels(args: argparse.Namespace, address: str, workload: Workload,
-                       pids: dict[str, int]) -> list[dict[str, Any]]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        return await _run_levels(args, GrpcTarget(channel, args.timeout), workload, pids)
+async def _grpc_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
+                       pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
+    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    try:
+        return await _run_levels(args, GrpcTarget(channels, args.timeout), workload, pids)
+    finally:
+        for channel in channels:
+            await channel.close(None)
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +148,7 @@ async def _engine_target(args: argparse.Namespace, model_path: str) -> AsyncIter
 
 
 async def _run_levels(args: argparse.Namespace, target: Target, workload: Workload,
-                      pids: dict[str, int]) -> list[dict[str, Any]]:
+                      pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
     cpu = CpuMeter(pids) if pids else None
     window = Window(args.warmup, args.duration)
     results = []
@@ -158,6 +169,10 @@ def _progress(args: argparse.Namespace, level: Level) -> Any:
 
     with tqdm(desc=level.label, unit="req", leave=False) as bar:
         yield bar
+
+
+def _pids(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p]
 
 
 def _max_in_flight(args: argparse.Namespace) -> int:

@@ -15,13 +15,15 @@ class CpuSample:
 
 
 class CpuMeter:
-    """Watches named processes (tiers) by PID."""
+    """Watches named tiers, each one or more processes, by PID."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    def __init__(self, pids: dict[str, int | list[int]]) -> None:
+        self._processes = {name: [psutil.Process(pid) for pid in ([ids] if isinstance(ids, int) else ids)]
+                           for name, ids in pids.items()}
 
     def sample(self) -> CpuSample:
-        return CpuSample({name: _tree_seconds(process) for name, process in self._processes.items()})
+        return CpuSample({name: sum(_tree_seconds(p) for p in processes)
+                          for name, processes in self._processes.items()})
 
     @staticmethod
     def spent(before: CpuSample, after: CpuSample) -> dict[str, float]:

@@ -15,27 +15,44 @@ READY_TIMEOUT_S = 900.0  # a large model on a GPU loads for minutes
 
 @dataclass(frozen=True)
 class StackProcesses:
-    """The running tiers: public address and PIDs."""
+    """The running tiers: public addresses (one per tokenizer process) and PIDs."""
 
-    address: str
-    tokenizer_pid: int
+    addresses: list[str]
+    tokenizer_pids: list[int]
     generator_pid: int
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+    @property
+    def tokenizer_pid(self) -> int:
+        return self.tokenizer_pids[0]
 
 
 def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "splitserve", tier, "--model", model, "--log-level", "WARNING", *extra]
+    # Metrics are served on a free port: several processes of a tier share this host.
+    command = [sys.executable, "-m", "splitserve", tier, "--model", model, "--log-level", "WARNING",
+               "--metrics-port", "0", *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
 
 @contextlib.contextmanager
-def started_stack(model: str, generator_args: list[str], tokenizer_args: list[str]) -> Iterator[StackProcesses]:
-    """Generator and tokenizer tiers with extra flags; SIGTERM then SIGKILL on exit."""
-    generator_address, address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+def started_stack(model: str, generator_args: list[str], tokenizer_args: list[str],
+                  tokenizers: int = 1) -> Iterator[StackProcesses]:
+    """One generator and `tokenizers` tokenizer processes (each its own port, all on that generator).
+
+    Several tokenizer processes are how the tier scales out (pods in a cluster); the bench spreads
+    requests over them as a load balancer would. SIGTERM then SIGKILL on exit.
+    """
+    generator_address = f"127.0.0.1:{free_port()}"
     generator = _spawn("generator", model, ["--address", generator_address, *generator_args])
-    tokenizer = _spawn("tokenizer", model, ["--address", address, "--generator", generator_address, *tokenizer_args])
-    processes = [generator, tokenizer]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(tokenizers)]
+    front = [_spawn("tokenizer", model, ["--address", a, "--generator", generator_address, *tokenizer_args])
+             for a in addresses]
     try:
-        wait_serving(address, processes, READY_TIMEOUT_S)
-        yield StackProcesses(address, tokenizer.pid, generator.pid)
+        for address in addresses:
+            wait_serving(address, [generator, *front], READY_TIMEOUT_S)
+        yield StackProcesses(addresses, [t.pid for t in front], generator.pid)
     finally:
-        stop_processes([tokenizer, generator], timeout=20)
+        stop_processes([*front, generator], timeout=20)

@@ -25,17 +25,20 @@ class Target(Protocol):
 
 
 class GrpcTarget:
-    """The public text API: GenerateStream with a text prompt, as a user would call it."""
+    """The public text API: GenerateStream with a text prompt, as a user would call it.
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
-        self._stub = text_pb2_grpc.TextGenerationServiceStub(channel)
+    With several channels (one per tokenizer process) requests go round-robin, as behind a load balancer.
+    """
+
+    def __init__(self, channels: list[grpc.aio.Channel], timeout: float) -> None:
+        self._stubs = itertools.cycle([text_pb2_grpc.TextGenerationServiceStub(c) for c in channels])
         self._timeout = timeout
 
     async def send(self, item: WorkItem, record: RequestRecord) -> None:
         request = pb.GenerateStreamRequest(
             prompt=item.prompt,
             stopping=pb.StoppingCriteria(max_new_tokens=item.max_new_tokens, ignore_eos=True))
-        call = self._stub.GenerateStream(request, timeout=self._timeout)
+        call = next(self._stubs).GenerateStream(request, timeout=self._timeout)
         try:
             async for msg in call:
                 record.on_message()
