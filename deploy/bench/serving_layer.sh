@@ -44,7 +44,7 @@ done
 import json, sys
 out, variants = sys.argv[1], [v.split("|")[0] for v in sys.argv[2:]]
 alone = {r["level"]: r for r in json.load(open(f"{out}/in-process.json"))["in_process"]}
-print(f"{'variant':<32}{'level':<17}{'tok/s':>8}{'ratio':>7}{'TTFT+ms':>9}"
+print(f"{'variant':<38}{'level':<17}{'tok/s':>8}{'ratio':>7}{'TTFT+ms':>9}"
       f"{'tok µs/tok':>11}{'gen µs/tok':>11}{'tok ms/req*':>13}")
 for name in variants:
     per_request = json.load(open(f"{out}/stack-{name}-osl1.json"))["stack"][0]["cpu"]["tokenizer"]["ms_per_request"]
@@ -53,7 +53,7 @@ for name in variants:
         ratio = r["output_tokens_per_s"] / a["output_tokens_per_s"]
         added = r["ttft_ms"]["p50"] - a["ttft_ms"]["p50"]
         cpu = r["cpu"]
-        print(f"{name:<32}{r['level']:<17}{r['output_tokens_per_s']:>8.0f}{ratio:>7.2f}{added:>9.1f}"
+        print(f"{name:<38}{r['level']:<17}{r['output_tokens_per_s']:>8.0f}{ratio:>7.2f}{added:>9.1f}"
               f"{cpu['tokenizer']['us_per_output_token']:>11.1f}{cpu['generator']['us_per_output_token']:>11.1f}"
               f"{per_request:>13.2f}")
 PYEOF
