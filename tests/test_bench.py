@@ -39,13 +39,16 @@ def test_bench_request_rate_mode_in_process(model_dir: Path) -> None:
     assert run_bench(args) == 0
 
 
-def test_bench_over_two_tokenizer_processes_and_an_engine_process(model_dir: Path, tmp_path: Path) -> None:
-    args = bench_args("--model", str(model_dir), "--concurrency", "8", "--tokenizers", "2",
+def test_bench_from_two_client_processes_over_two_tokenizers_and_an_engine_process(
+        model_dir: Path, tmp_path: Path) -> None:
+    args = bench_args("--model", str(model_dir), "--concurrency", "8", "--tokenizers", "2", "--client-processes", "2",
                       "--generator-arg=--engine-process", "--json", str(tmp_path / "report.json"))
     assert run_bench(args) == 0
     (level,) = json.loads((tmp_path / "report.json").read_text())["stack"]
     assert level["completed"] > 0 and level["errors"] == {}
+    assert 8 <= level["output_tokens"] / level["completed"] <= 16
+    assert 0 < level["ttft_ms"]["p50"] <= level["e2e_ms"]["p99"]
     # The tokenizer tier is both processes, the generator tier includes its engine process, and the
-    # load generator's own CPU is reported beside them.
+    # load generator's own CPU (its client processes included) is reported beside them.
     assert set(level["cpu"]) == {"tokenizer", "generator", "client"}
     assert all(cost["cpu_s"] > 0 for cost in level["cpu"].values())

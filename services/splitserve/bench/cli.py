@@ -55,6 +55,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
     load.add_argument("--timeout", type=float, default=600.0, help="per-request deadline, seconds")
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--client-processes", type=int, default=1,
+                      help="load generator processes sharing each level (one Python client tops out first)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, default=None, help="write the full report here")
     out.add_argument("--plot", type=Path, default=None, help="write a latency-vs-throughput PNG here")
@@ -106,7 +108,8 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
         pids: dict[str, int | list[int]] = {"tokenizer": args.tokenizer_pid}
         if args.generator_pid:
             pids["generator"] = args.generator_pid
-        return await _grpc_levels(args, args.address.split(","), workload, {k: v for k, v in pids.items() if v})
+        return await _grpc_levels(args, args.address.split(","), workload, {k: v for k, v in pids.items() if v},
+                                  model_path)
     from splitserve.bench.stack import started_stack
 
     generator_args = ["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
@@ -115,17 +118,34 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
     with started_stack(model_path, generator_args, args.tokenizer_arg, args.tokenizers) as stack:
         return await _grpc_levels(args, stack.addresses, workload,
                                   {"tokenizer": stack.tokenizer_pids, "generator": stack.generator_pid,
-                                   "client": os.getpid()})  # the load generator: is it the limit?
+                                   "client": os.getpid()},  # the load generator: is it the limit?
+                                  model_path)
 
 
 async def _grpc_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
-                       pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
+                       pids: dict[str, int | list[int]], model_path: str) -> list[dict[str, Any]]:
+    if args.client_processes > 1:
+        return await _levels_from_processes(args, addresses, pids, model_path)
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     try:
         return await _run_levels(args, GrpcTarget(channels, args.timeout), workload, pids)
     finally:
         for channel in channels:
             await channel.close(None)
+
+
+async def _levels_from_processes(args: argparse.Namespace, addresses: list[str],
+                                 pids: dict[str, int | list[int]], model_path: str) -> list[dict[str, Any]]:
+    from splitserve.bench.client_pool import ClientSpec, client_pool, run_level_in_processes
+
+    spec = ClientSpec(addresses, args.timeout, model_path, args.input_len, args.output_len,
+                      args.prompts_file, args.seed)
+    cpu, window, results = CpuMeter(pids), Window(args.warmup, args.duration), []
+    with await asyncio.to_thread(client_pool, spec, args.client_processes) as pool:
+        for level in _levels(args):
+            results.append(await run_level_in_processes(pool, args.client_processes, spec, level, window, cpu))
+            print(format_level(results[-1], f"stack, {args.client_processes} client processes"), flush=True)
+    return results
 
 
 @contextlib.asynccontextmanager

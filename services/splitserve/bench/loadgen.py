@@ -63,22 +63,38 @@ class _Run:
 async def run_level(target: Target, workload: Workload, level: Level, window: Window,
                     cpu: CpuMeter | None, progress: Any = None) -> dict[str, Any]:
     """Runs one level and returns its report (JSON-ready)."""
+    start = time.perf_counter() + window.warmup_s
+    measured = (start, start + window.duration_s)
+    records = asyncio.create_task(drive(target, workload, level, measured, progress))
+    cpu_s = await measure_cpu(cpu, measured)
+    return summarize(await records, level, measured, cpu_s)
+
+
+async def drive(target: Target, workload: Workload, level: Level, measured: tuple[float, float],
+                progress: Any = None) -> list[RequestRecord]:
+    """Keeps the level's load on from now until the measured window ends; returns every request's record."""
     run, stop = _Run(target, workload, progress), asyncio.Event()
+    run.window = measured
     if level.rate is None:
         tasks = [asyncio.create_task(run.worker(stop)) for _ in range(level.concurrency)]
     else:
         tasks = [asyncio.create_task(_poisson(run, level, stop))]
-    await asyncio.sleep(window.warmup_s)
-    start, before = time.perf_counter(), cpu.sample() if cpu else None
-    run.window = (start, start + window.duration_s)
-    await asyncio.sleep(window.duration_s)
-    after, end = cpu.sample() if cpu else None, time.perf_counter()
+    await asyncio.sleep(max(0.0, measured[1] - time.perf_counter()))
     stop.set()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    cpu_s = CpuMeter.spent(before, after) if before and after else {}
-    return summarize(run.records, level, (start, end), cpu_s)
+    return run.records
+
+
+async def measure_cpu(cpu: CpuMeter | None, measured: tuple[float, float]) -> dict[str, float]:
+    """CPU seconds each watched tier spent inside the measured window."""
+    if cpu is None:
+        return {}
+    await asyncio.sleep(max(0.0, measured[0] - time.perf_counter()))
+    before = cpu.sample()
+    await asyncio.sleep(max(0.0, measured[1] - time.perf_counter()))
+    return CpuMeter.spent(before, cpu.sample())
 
 
 async def _poisson(run: _Run, level: Level, stop: asyncio.Event) -> None:
