@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from splitserve.common.decoding import StrictDecodingInterceptor
+from splitserve.common.rpc_handlers import StreamClosingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ async def create_server(address: str, service_names: Sequence[str],
 
     With `credentials` the port speaks TLS; undecodable requests end with INVALID_ARGUMENT.
     """
-    server = grpc.aio.server(interceptors=[*interceptors, StrictDecodingInterceptor()], options=list(options))
+    # Outermost first: streaming responses are closed in their own task (see StreamClosingInterceptor).
+    server = grpc.aio.server(interceptors=[StreamClosingInterceptor(), *interceptors, StrictDecodingInterceptor()],
+                             options=list(options))
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)

@@ -156,6 +156,8 @@ class TrackedRequest:
                      "ttft_ms": round((self.first_token_at - self.started) * 1000, 3) if self.first_token_at else None})
 
     def _annotate_span(self, code: str) -> None:
+        if not self.span.is_recording():  # tracing off, or the caller cancelled and the span has ended
+            return
         self.span.set_attributes({"gen_ai.usage.input_tokens": self.prompt_tokens,
                                   "gen_ai.usage.output_tokens": self.completion_tokens,
                                   "splitserve.grpc_status": code})

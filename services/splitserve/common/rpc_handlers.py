@@ -55,3 +55,40 @@ def refusing_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, deta
         await context.abort(code, details, tuple(trailers))
 
     return wrap_handler(handler, refuse)  # no deserializer: the request bytes are never parsed
+
+
+class StreamClosingInterceptor(grpc.aio.ServerInterceptor):
+    """Closes a streaming RPC's response generators inside the RPC's own task.
+
+    grpcio drives a response generator with `async for` and, when the call is cancelled while the
+    generator waits at a `yield`, leaves it to be closed later by the garbage collector, in another
+    task's context. Generators that hold context variables across `yield` (the tracing interceptor's
+    current span) then fail to restore them and log an error with a traceback for every cancelled
+    stream. Installed outermost, this turns each streaming handler into one that writes its messages
+    with `context.write` and closes the generator in a `finally`, in the RPC's task.
+    """
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler.response_streaming:
+            return handler
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                _writer(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            _writer(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+
+
+def _writer(behaviour: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    async def write_all(request: Any, context: grpc.aio.ServicerContext) -> None:
+        responses = behaviour(request, context)
+        try:
+            async for response in responses:
+                await context.write(response)
+        finally:
+            await responses.aclose()
+
+    return write_all
