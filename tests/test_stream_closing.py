@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -27,24 +29,30 @@ async def _cancel_streams(interceptors: list[grpc.aio.ServerInterceptor], calls:
         finally:
             same_task.append(asyncio.current_task() is started_in)
 
+    async with _serving(endless, interceptors) as stream:
+        for _ in range(calls):
+            call = stream(b"")
+            await call.read()
+            call.cancel()
+        async with asyncio.timeout(10):
+            while len(same_task) < calls:
+                await asyncio.sleep(0.02)
+    return same_task
+
+
+@contextlib.asynccontextmanager
+async def _serving(behaviour: Any, interceptors: list[grpc.aio.ServerInterceptor]) -> AsyncIterator[Any]:
+    """A server with one server-streaming method (bytes in, bytes out); yields a callable for it."""
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "test.Endless", {"Stream": grpc.unary_stream_rpc_method_handler(endless)}),))
+        "test.Service", {"Stream": grpc.unary_stream_rpc_method_handler(behaviour)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stream = channel.unary_stream("/test.Endless/Stream")
-            for _ in range(calls):
-                call = stream(b"")
-                await call.read()
-                call.cancel()
-        async with asyncio.timeout(10):
-            while len(same_task) < calls:
-                await asyncio.sleep(0.02)
+            yield channel.unary_stream("/test.Service/Stream")
     finally:
         await server.stop(None)
-    return same_task
 
 
 async def test_a_cancelled_stream_is_closed_in_the_task_that_ran_it() -> None:
@@ -66,15 +74,7 @@ async def test_writes_every_message_of_a_stream_that_ends() -> None:
         for word in (b"a", b"b", b"c"):
             yield word
 
-    server = grpc.aio.server(interceptors=[StreamClosingInterceptor()])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "test.Three", {"Stream": grpc.unary_stream_rpc_method_handler(three)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_stream("/test.Three/Stream")(b"")
-            assert [m async for m in call] == [b"a", b"b", b"c"]
-            assert await call.code() == grpc.StatusCode.OK
-    finally:
-        await server.stop(None)
+    async with _serving(three, [StreamClosingInterceptor()]) as stream:
+        call = stream(b"")
+        assert [m async for m in call] == [b"a", b"b", b"c"]
+        assert await call.code() == grpc.StatusCode.OK
