@@ -52,6 +52,11 @@ class BoundServer:
     port: int
     health: HealthReporter
 
+    async def drain(self, grace_seconds: float) -> None:
+        """NOT_SERVING, then stop: calls in flight get `grace_seconds` to finish, new ones are refused."""
+        await self.health.set(False)
+        await self.server.stop(grace_seconds)
+
 
 def server_options(max_receive_message_bytes: int, max_concurrent_streams: int) -> list[tuple[str, int]]:
     """Channel args for the configured limits; max_concurrent_streams 0 keeps gRPC's default (no limit)."""
@@ -94,5 +99,4 @@ async def wait_for_termination(bound: BoundServer, grace_seconds: float) -> None
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: NOT_SERVING, finishing in-flight calls within %.1fs", grace_seconds)
-    await bound.health.set(False)
-    await bound.server.stop(grace_seconds)
+    await bound.drain(grace_seconds)

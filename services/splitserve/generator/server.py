@@ -38,8 +38,7 @@ class GeneratorServer:
         return self.bound.port
 
     async def stop(self, grace: float | None = None) -> None:
-        await self.bound.health.set(False)
-        await self.bound.server.stop(self.config.grace_seconds if grace is None else grace)
+        await self.bound.drain(self.config.grace_seconds if grace is None else grace)
         await self.engine.stop()
         self.telemetry.shutdown()
 

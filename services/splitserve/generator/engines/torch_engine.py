@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engines.torch_loading import LoadedModel, load_model
+from splitserve.generator.finish import stop_reason
 from splitserve.generator.types import (
     EngineCapabilities,
     EngineInfo,
@@ -166,12 +167,8 @@ class TorchEngine:
 
     def _finish_reason(self, generated: list[int], request: GenerationRequest) -> tuple[FinishReason, int | None]:
         assert self._loaded is not None
-        last = generated[-1] if generated else None
-        if last is not None and last in request.stop_token_ids:
-            return FinishReason.STOP_TOKEN, last
-        if last is not None and not request.ignore_eos and last in self._loaded.eos_token_ids:
-            return FinishReason.EOS_TOKEN, last
-        return FinishReason.LENGTH, None
+        return stop_reason(generated[-1] if generated else None, request, self._loaded.eos_token_ids,
+                           FinishReason.LENGTH)
 
     def _abort(self, manager: Any, rid: str) -> None:
         """Cancels in the engine and drops the handler, which transformers keeps for cancelled requests."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from splitserve.common.errors import Overloaded
+from splitserve.generator.finish import stop_reason
 from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
 
 # The release container the adapters are validated in (deploy/trtllm/validate.sh).
@@ -141,9 +142,5 @@ class StreamState:
 
 def stop_reason_of(token_id: int | None, request: GenerationRequest,
                    facts: ModelFacts) -> tuple[FinishReason, int | None]:
-    """Classifies a stop on `token_id`: the request's own stop tokens first, then the model's EOS ids."""
-    if token_id is not None and token_id in request.stop_token_ids:
-        return FinishReason.STOP_TOKEN, token_id
-    if token_id is not None and token_id in facts.eos_token_ids:
-        return FinishReason.EOS_TOKEN, token_id
-    return FinishReason.STOP_TOKEN, token_id
+    """Classifies a stop the engine reported on `token_id` (see generator/finish.py)."""
+    return stop_reason(token_id, request, facts.eos_token_ids, FinishReason.STOP_TOKEN)
