@@ -16,9 +16,11 @@ from splitserve.api.tokens.v1 import tokens_pb2_grpc
 from splitserve.common.model_store import DEFAULT_MODEL_NAME, default_cache_dir, ensure_default_model
 from splitserve.common.telemetry import Telemetry, TelemetrySettings
 from splitserve.generator.config import GeneratorConfig
-from splitserve.generator.server import GeneratorServer, start_generator
+from splitserve.generator.server import start_generator
 from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.server import TokenizerServer, start_tokenizer
+from splitserve.tokenizer.server import start_tokenizer
+
+from .bench_stack import BenchStack
 
 # Small limits so the limit errors are cheap to reach.
 TEST_LIMITS = {"max_batch_size": 8, "max_total_tokens": 1024, "max_input_tokens": 768, "max_new_tokens": 256,
@@ -26,22 +28,10 @@ TEST_LIMITS = {"max_batch_size": 8, "max_total_tokens": 1024, "max_input_tokens"
 
 
 @dataclass
-class Stack:
-    """Both tiers running in this process, and stubs to reach them."""
+class Stack(BenchStack):
+    """Both tiers running in this process on the real model, stubs to reach them, and their spans."""
 
-    generator: GeneratorServer
-    tokenizer: TokenizerServer
-    text: text_pb2_grpc.TextGenerationServiceStub
-    tokens: tokens_pb2_grpc.TokenGenerationServiceStub
     spans: InMemorySpanExporter  # finished spans of both tiers (tell them apart by service.name)
-
-    @property
-    def public_address(self) -> str:
-        return f"127.0.0.1:{self.tokenizer.port}"
-
-    @property
-    def generator_address(self) -> str:
-        return f"127.0.0.1:{self.generator.port}"
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,16 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from splitserve.api.text.v1 import text_pb2 as pb
-from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.common.errors import EngineUnavailable, Overloaded
-from splitserve.common.model_store import DEFAULT_MODEL_NAME
 from splitserve.generator.engine import create_engine
 from splitserve.generator.engine_process import EngineProcess
-from splitserve.generator.server import start_generator
 from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest
-from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.server import start_tokenizer
-from tests.conftest import generator_config
+
+from .bench_stack import bench_stack
+from .conftest import generator_config
 
 
 async def _collect(engine: EngineProcess, request: GenerationRequest) -> list[GenerationChunk]:
@@ -111,20 +107,9 @@ async def test_a_killed_child_fails_its_streams_and_is_restarted(engine: EngineP
 
 
 async def test_both_tiers_over_an_engine_process(model_dir: Path) -> None:
-    generator = await start_generator(generator_config(model_dir, engine="bench", engine_process=True))
-    tokenizer = None
-    try:
-        tokenizer = await start_tokenizer(TokenizerConfig(
-            str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0",
-            generator_address=f"127.0.0.1:{generator.port}", generator_wait_seconds=60, grace_seconds=1))
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer.port}") as channel:
-            stub = text_pb2_grpc.TextGenerationServiceStub(channel)
-            reply = await stub.Generate(pb.GenerateRequest(
-                prompt="Hello", stopping=pb.StoppingCriteria(max_new_tokens=8, ignore_eos=True)))
+    async with bench_stack(model_dir, {"engine_process": True}) as stack:
+        reply = await stack.text.Generate(pb.GenerateRequest(
+            prompt="Hello", stopping=pb.StoppingCriteria(max_new_tokens=8, ignore_eos=True)))
         assert reply.usage.completion_tokens == 8 and reply.text.strip()
         assert reply.finish_reason == pb.FINISH_REASON_LENGTH
-    finally:
-        if tokenizer is not None:
-            await tokenizer.stop(0)
-        await generator.stop(0)
-    assert generator.engine._child is None  # type: ignore[attr-defined]
+    assert stack.generator.engine._child is None  # type: ignore[attr-defined]

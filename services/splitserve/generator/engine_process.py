@@ -202,8 +202,11 @@ class EngineProcess:
 
     def _child_exited(self) -> None:
         code = self._child.process.exitcode if self._child is not None else None
-        self._resolve(None, RuntimeError(f"engine process exited while starting (exit code {code})"))
-        if self._stopping or self._started is None or not self._started.done() or self._started.exception():
+        assert self._started is not None  # a child exists only after _spawn
+        if not self._started.done():  # it died while starting: _spawn raises this
+            self._resolve(None, RuntimeError(f"engine process exited while starting (exit code {code})"))
+            return
+        if self._stopping or self._started.exception() is not None:  # stopping, or a start failure already told
             return
         log.error("engine process exited (exit code %s); restarting it", code)
         old, self._child = self._child, None  # new requests are refused until a new child is ready
