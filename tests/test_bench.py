@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
 from splitserve.bench import add_bench_arguments, run_bench
+from splitserve.bench.loadgen import Level, Window, run_level
+from splitserve.bench.records import RequestRecord
 
 
 def bench_args(*argv: str) -> argparse.Namespace:
@@ -52,3 +55,37 @@ def test_bench_from_two_client_processes_over_two_tokenizers_and_an_engine_proce
     # load generator's own CPU (its client processes included) is reported beside them.
     assert set(level["cpu"]) == {"tokenizer", "generator", "client"}
     assert all(cost["cpu_s"] > 0 for cost in level["cpu"].values())
+
+
+def test_tokens_between_spreads_a_stream_s_tokens_from_its_first_to_its_last() -> None:
+    record = RequestRecord(start=0.5, first=1.0, end=2.0, output_tokens=11)
+    assert record.tokens_between(0.0, 3.0) == 11
+    assert record.tokens_between(1.5, 3.0) == 5  # half of the ten after the first
+    assert record.tokens_between(0.0, 1.0) == 1  # only the first
+    assert record.tokens_between(2.5, 3.0) == 0
+    assert RequestRecord(start=0.5, first=1.0, end=2.0, output_tokens=11, error="INTERNAL").tokens_between(0, 3) == 0
+
+
+class _Lockstep:
+    """Every request streams `tokens` tokens over exactly `seconds`, as a batch that starts together does."""
+
+    def __init__(self, tokens: int, seconds: float) -> None:
+        self.tokens, self.seconds = tokens, seconds
+
+    def next_item(self) -> None:
+        return None
+
+    async def send(self, item: None, record: RequestRecord) -> None:
+        record.on_message()
+        await asyncio.sleep(self.seconds)
+        record.on_message()
+        record.finish(self.tokens)
+
+
+def test_throughput_of_lockstep_waves_counts_tokens_in_the_window_not_completed_requests() -> None:
+    # Waves of 0.4 s in a 1 s window: by completed requests it would read 2 or 3 waves (20% low or high).
+    fake = _Lockstep(tokens=30, seconds=0.4)
+    level = asyncio.run(run_level(fake, fake, Level(4), Window(0.1, 1.0, drain_s=5.0), None))  # type: ignore[arg-type]
+    assert level["completed"] in (8, 12)
+    assert abs(level["output_tokens_per_s"] - 4 * 30 / 0.4) / (4 * 30 / 0.4) < 0.08
+    assert level["unfinished"] == 0  # the wave in flight at the window's end was let finish

@@ -53,6 +53,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line (overrides --input-len)")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring, per level")
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
+    load.add_argument("--drain", type=float, default=60.0,
+                      help="seconds the requests in flight at a window's end may take to finish (their tokens "
+                           "inside the window count toward throughput)")
     load.add_argument("--timeout", type=float, default=600.0, help="per-request deadline, seconds")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--client-processes", type=int, default=1,
@@ -140,7 +143,7 @@ async def _levels_from_processes(args: argparse.Namespace, addresses: list[str],
 
     spec = ClientSpec(addresses, args.timeout, model_path, args.input_len, args.output_len,
                       args.prompts_file, args.seed)
-    cpu, window, results = CpuMeter(pids), Window(args.warmup, args.duration), []
+    cpu, window, results = CpuMeter(pids), Window(args.warmup, args.duration, args.drain), []
     with await asyncio.to_thread(client_pool, spec, args.client_processes) as pool:
         for level in _levels(args):
             results.append(await run_level_in_processes(pool, args.client_processes, spec, level, window, cpu))
@@ -170,7 +173,7 @@ async def _engine_target(args: argparse.Namespace, model_path: str) -> AsyncIter
 async def _run_levels(args: argparse.Namespace, target: Target, workload: Workload,
                       pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
     cpu = CpuMeter(pids) if pids else None
-    window = Window(args.warmup, args.duration)
+    window = Window(args.warmup, args.duration, args.drain)
     results = []
     for level in _levels(args):
         with _progress(args, level) as bar:

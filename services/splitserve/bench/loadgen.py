@@ -1,8 +1,9 @@
 """Drives one load level: closed-loop concurrency or open-loop Poisson arrivals, then measures a window.
 
-Requests run from the start; the first `warmup_s` seconds are not measured. Throughput, latency
-and CPU cost come from the requests that finish inside the measured window (steady state); those
-still running at its end are cancelled.
+Requests run from the start; the first `warmup_s` seconds are not measured. Throughput is the output
+tokens that arrived inside the measured window; latency comes from the requests that finish inside it
+(steady state). When the window ends no request starts, and those in flight may finish (for up to
+`drain_s`) so that their tokens inside the window count; any still running then are cancelled.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Window:
 
     warmup_s: float
     duration_s: float
+    drain_s: float = 60.0
 
 
 class _Run:
@@ -65,14 +67,15 @@ async def run_level(target: Target, workload: Workload, level: Level, window: Wi
     """Runs one level and returns its report (JSON-ready)."""
     start = time.perf_counter() + window.warmup_s
     measured = (start, start + window.duration_s)
-    records = asyncio.create_task(drive(target, workload, level, measured, progress))
+    records = asyncio.create_task(drive(target, workload, level, measured, progress, window.drain_s))
     cpu_s = await measure_cpu(cpu, measured)
     return summarize(await records, level, measured, cpu_s)
 
 
 async def drive(target: Target, workload: Workload, level: Level, measured: tuple[float, float],
-                progress: Any = None) -> list[RequestRecord]:
-    """Keeps the level's load on from now until the measured window ends; returns every request's record."""
+                progress: Any = None, drain_s: float = 60.0) -> list[RequestRecord]:
+    """Keeps the level's load on from now until the measured window ends, lets the requests in flight
+    finish (up to `drain_s`), and returns every request's record."""
     run, stop = _Run(target, workload, progress), asyncio.Event()
     run.window = measured
     if level.rate is None:
@@ -81,6 +84,7 @@ async def drive(target: Target, workload: Workload, level: Level, measured: tupl
         tasks = [asyncio.create_task(_poisson(run, level, stop))]
     await asyncio.sleep(max(0.0, measured[1] - time.perf_counter()))
     stop.set()
+    await asyncio.wait(tasks, timeout=drain_s)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -112,7 +116,10 @@ async def _poisson(run: _Run, level: Level, stop: asyncio.Event) -> None:
             task = asyncio.create_task(bounded())
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-            await asyncio.sleep(rng.expovariate(level.rate))
+            with contextlib.suppress(TimeoutError):  # the next arrival, or the window's end
+                await asyncio.wait_for(stop.wait(), rng.expovariate(level.rate))
+        if in_flight:
+            await asyncio.wait(list(in_flight))  # arrivals still waiting for a slot start and finish too
     finally:
         for task in list(in_flight):
             task.cancel()
@@ -127,11 +134,13 @@ def summarize(records: list[RequestRecord], level: Level, window: tuple[float, f
     inside = [r for r in records if r.end is not None and start <= r.end <= end]
     done = [r for r in inside if r.ok]
     seconds = end - start
-    tokens = sum(r.output_tokens for r in done)
+    tokens = sum(r.tokens_between(start, end) for r in records)
     report: dict[str, Any] = {
         "level": level.label, "concurrency": level.concurrency, "rate": level.rate, "seconds": seconds,
         "completed": len(done), "requests_per_s": len(done) / seconds, "output_tokens_per_s": tokens / seconds,
-        "output_tokens": tokens, "messages_per_request": sum(r.messages for r in done) / max(1, len(done)),
+        "output_tokens": round(tokens), "messages_per_request": sum(r.messages for r in done) / max(1, len(done)),
+        # Cancelled after the drain: their tokens inside the window are missing from the throughput.
+        "unfinished": sum(1 for r in records if r.end is None),
         **latency_stats(done), "errors": errors_by_code(inside), "cpu": {},
     }
     for name, used in cpu_s.items():

@@ -35,6 +35,23 @@ class RequestRecord:
     def ok(self) -> bool:
         return self.error is None and self.end is not None and self.first is not None
 
+    def tokens_between(self, start: float, end: float) -> float:
+        """Output tokens of a finished request that arrived within [start, end].
+
+        The first token arrives at `first`; the rest are taken as spread evenly up to `end` (a stream's
+        inter-token latency is steady). Counting tokens, not completed requests, keeps throughput exact
+        when streams run in lockstep waves, as an engine's batch does when every stream starts together.
+        """
+        if not self.ok or self.output_tokens < 1:
+            return 0.0
+        assert self.first is not None and self.end is not None
+        first = 1.0 if start <= self.first <= end else 0.0
+        rest, span = self.output_tokens - 1, self.end - self.first
+        if rest == 0 or span <= 0:
+            return first + (rest if start <= self.end <= end else 0)
+        overlap = max(0.0, min(end, self.end) - max(start, self.first))
+        return first + rest * overlap / span
+
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> dict[str, float]:
     """Nearest-rank percentiles plus the mean; NaN when there are no values."""

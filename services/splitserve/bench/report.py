@@ -19,6 +19,9 @@ def format_level(level: dict[str, Any], name: str) -> str:
     for tier, cost in level["cpu"].items():
         lines.append(f"  CPU {tier}: {cost['cores']:.2f} cores, {cost['us_per_output_token']:.1f} µs/output token, "
                      f"{cost['ms_per_request']:.2f} ms/request")
+    if level.get("unfinished"):
+        lines.append(f"  {level['unfinished']} requests still running after the drain were cancelled; "
+                     "their tokens are not counted (raise --drain)")
     if level["errors"]:
         lines.append(f"  errors: {level['errors']}")
     return "\n".join(lines)
