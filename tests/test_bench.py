@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from splitserve.bench import add_bench_arguments, run_bench
+from splitserve.bench.cpu import CpuMeter
 from splitserve.bench.loadgen import Level, Window, run_level
 from splitserve.bench.records import RequestRecord
 
@@ -89,3 +94,18 @@ def test_throughput_of_lockstep_waves_counts_tokens_in_the_window_not_completed_
     assert level["completed"] in (8, 12)
     assert abs(level["output_tokens_per_s"] - 4 * 30 / 0.4) / (4 * 30 / 0.4) < 0.08
     assert level["unfinished"] == 0  # the wave in flight at the window's end was let finish
+
+
+def test_cpu_of_a_watched_child_process_does_not_count_toward_its_parent() -> None:
+    # The bench starts both tiers as its children; its own "client" CPU must not include theirs.
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        meter = CpuMeter({"client": os.getpid(), "tier": busy.pid})
+        time.sleep(0.3)
+        before = meter.sample()
+        time.sleep(1.0)
+        spent = CpuMeter.spent(before, meter.sample())
+    finally:
+        busy.kill()
+        busy.wait()
+    assert spent["tier"] > 0.5 and spent["client"] < 0.2
