@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.api.tokens.v1 import tokens_pb2 as tpb
+from splitserve.common.errors import Overloaded
+from splitserve.common.status import abort_with
 from splitserve.generator.engines.bench_engine import BenchEngine, StepModel
 
 from .bench_stack import BenchStack, bench_stack
@@ -167,3 +170,26 @@ async def test_concurrent_streams_per_connection_are_bounded(bench: BenchStack) 
         second.cancel()
         third.cancel()
     await wait_for_load(bench, 0)
+
+
+class _AbortRecorder:
+    """The two ServicerContext methods abort_with uses; the trace id was set as a trailer before."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, ...] = ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-trace-id", "0af7651916cd43dd8448eb211c80319c"),)
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        self.aborted = (code, details, dict(trailers))
+        raise grpc.RpcError()
+
+
+async def test_a_retry_hint_does_not_replace_the_trace_id_trailer() -> None:
+    context = _AbortRecorder()
+    with pytest.raises(grpc.RpcError):
+        await abort_with(context, Overloaded("queue full"))  # type: ignore[arg-type]
+    code, _, trailers = context.aborted
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert trailers == {"x-trace-id": "0af7651916cd43dd8448eb211c80319c", "retry-after-ms": "200"}

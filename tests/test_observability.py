@@ -35,10 +35,10 @@ def greedy(max_new_tokens: int, **fields: Any) -> pb.GenerateStreamRequest:
 
 async def stream(stack: Stack, request: pb.GenerateStreamRequest,
                  metadata: Sequence[tuple[str, str]] = ()) -> tuple[list[pb.GenerateStreamResponse], dict[str, str]]:
-    """The responses and the initial metadata of one streamed call."""
+    """The responses and the trailing metadata of one streamed call."""
     call = stack.text.GenerateStream(request, metadata=tuple(metadata))
     parts = [part async for part in call]
-    return parts, {k: str(v) for k, v in await call.initial_metadata()}
+    return parts, {k: str(v) for k, v in await call.trailing_metadata()}
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -137,7 +137,7 @@ async def test_a_refused_request_is_traced_with_its_status(stack: Stack) -> None
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stream(stack, greedy(2, model="no-such-model"))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-    assert dict(refused.value.initial_metadata() or ())["x-trace-id"]
+    assert dict(refused.value.trailing_metadata() or ())["x-trace-id"]
     await eventually(lambda: any(s.name == TEXT_METHOD for s in stack.spans.get_finished_spans()))
     public = one(stack.spans.get_finished_spans(), TEXT_METHOD, "tokenizer")
     assert public.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]

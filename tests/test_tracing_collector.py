@@ -93,7 +93,7 @@ async def test_spans_of_both_tiers_reach_a_real_collector_under_one_trace(model_
                 call = text_pb2_grpc.TextGenerationServiceStub(channel).GenerateStream(pb.GenerateStreamRequest(
                     prompt="The capital of France is", stopping=pb.StoppingCriteria(max_new_tokens=4)))
                 assert "".join([part.text async for part in call]).startswith(" Paris")
-                trace_id = dict(await call.initial_metadata())["x-trace-id"]
+                trace_id = dict(await call.trailing_metadata())["x-trace-id"]
             # both tiers have stopped (and flushed their spans); give the collector time to forward them
             for _ in range(100):
                 services = {s for s, _, t in receiver.spans if t == trace_id}

@@ -76,10 +76,15 @@ class TrackedRequest:
         if self._output is not None:
             self._output.append(text)
 
-    async def send_trace_id(self, context: grpc.aio.ServicerContext) -> None:
-        """Puts the trace id in the response's initial metadata so a caller can find the trace."""
+    def set_trace_id(self, context: grpc.aio.ServicerContext) -> None:
+        """Puts the trace id in the call's trailing metadata, so a caller can find the trace.
+
+        Trailers, not headers: grpc.aio sends custom initial metadata as an operation of its own,
+        which cost each request 0.1-0.2 ms of CPU and 0.27 ms before its first token; trailers go
+        with the status, of a failed call too.
+        """
         if self.trace_id:
-            await context.send_initial_metadata(((TRACE_ID_METADATA, self.trace_id),))
+            context.set_trailing_metadata(((TRACE_ID_METADATA, self.trace_id),))
 
     def set_engine(self, engine: str) -> None:
         self.span.set_attribute("splitserve.engine", engine)

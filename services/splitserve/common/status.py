@@ -12,7 +12,12 @@ RETRY_AFTER_KEY = "retry-after-ms"
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: RequestError) -> NoReturn:
-    """Ends the call with the error's status code and message (and a retry hint when overloaded)."""
-    trailers = ((RETRY_AFTER_KEY, str(error.retry_after_ms)),) if isinstance(error, Overloaded) else ()
+    """Ends the call with the error's status code and message (and a retry hint when overloaded).
+
+    Trailing metadata set before (the trace id) is kept.
+    """
+    trailers = tuple(context.trailing_metadata() or ())
+    if isinstance(error, Overloaded):
+        trailers += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
     await context.abort(getattr(grpc.StatusCode, error.code_name), error.message, trailers)
     raise AssertionError("unreachable")  # context.abort raises

@@ -38,7 +38,7 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
             with self._tracker.track(request.request_id or "anonymous") as tracked:
-                await tracked.send_trace_id(context)
+                tracked.set_trace_id(context)
                 self._check_ready()
                 # aclosing: a cancelled call closes the stream, which aborts the request in the engine
                 async with contextlib.aclosing(run_tracked(self._engine, tracked, request)) as responses:

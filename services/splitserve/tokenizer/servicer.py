@@ -112,7 +112,7 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     async def _stream(self, request: pb_convert.AnyGenerateRequest, request_id: str,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
         with self._tracker.track(request_id) as tracked:
-            await tracked.send_trace_id(context)
+            tracked.set_trace_id(context)
             pool = self._check_model(request.model)
             tracked.set_engine(_pool_info(pool).engine)
             with tracked.phase("tokenize"):
