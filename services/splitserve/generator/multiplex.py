@@ -20,6 +20,7 @@ from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import RequestError
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.generator.engine import Engine
+from splitserve.generator.pb_convert import chunk_to_delta
 from splitserve.generator.tracked import run_tracked
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,9 @@ class MultiplexedStream:
     async def _generate(self, stream_id: int, start: pb.GenerateRequest) -> None:
         with self._tracker.track(start.request_id or "anonymous") as tracked:
             self._check_ready()
-            async with contextlib.aclosing(run_tracked(self._engine, tracked, start)) as responses:
-                async for response in responses:
-                    self._emit(pb.RequestDelta(stream_id=stream_id, response=response))
+            async with contextlib.aclosing(run_tracked(self._engine, tracked, start)) as chunks:
+                async for chunk in chunks:
+                    self._emit(chunk_to_delta(stream_id, chunk))
 
     def _emit(self, delta: pb.RequestDelta) -> None:
         self._outbox.append(delta)

@@ -42,7 +42,26 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
 
 
 def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(tokens=[_token_to_pb(t) for t in chunk.tokens])
+    msg = pb.GenerateResponse()
+    fill_response(msg, chunk)
+    return msg
+
+
+def chunk_to_delta(stream_id: int, chunk: GenerationChunk) -> pb.RequestDelta:
+    """A GenerateMany delta, its response filled in place (building one and copying it in costs twice)."""
+    delta = pb.RequestDelta(stream_id=stream_id)
+    fill_response(delta.response, chunk)
+    return delta
+
+
+def fill_response(msg: pb.GenerateResponse, chunk: GenerationChunk) -> None:
+    add = msg.tokens.add
+    for token in chunk.tokens:
+        if token.logprob is None and not token.top_logprobs:
+            add(id=token.token_id)
+        else:
+            add(id=token.token_id, logprob=token.logprob,
+                top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in token.top_logprobs])
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH[chunk.finish_reason]
         msg.prompt_tokens = chunk.num_prompt_tokens
@@ -51,7 +70,6 @@ def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
             msg.seed = chunk.seed
         if chunk.stop_token_id is not None:
             msg.stop_token_id = chunk.stop_token_id
-    return msg
 
 
 _FINISH_FROM_PB = {value: reason for reason, value in _FINISH.items()}
@@ -81,13 +99,6 @@ def chunk_from_pb(msg: pb.GenerateResponse) -> GenerationChunk:
 
 # Per-token conversions run once per generated token on both tiers: the common case (no logprobs)
 # takes the short path.
-
-def _token_to_pb(token: TokenOutput) -> pb.Token:
-    if token.logprob is None and not token.top_logprobs:
-        return pb.Token(id=token.token_id)
-    return pb.Token(id=token.token_id, logprob=token.logprob,
-                    top_logprobs=[pb.TopLogprob(id=i, logprob=lp) for i, lp in token.top_logprobs])
-
 
 def _token_from_pb(token: pb.Token) -> TokenOutput:
     if not token.HasField("logprob") and not token.top_logprobs:

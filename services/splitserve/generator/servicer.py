@@ -15,6 +15,7 @@ from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.multiplex import MultiplexedStream
+from splitserve.generator.pb_convert import chunk_to_pb
 from splitserve.generator.tracked import run_tracked
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
                 tracked.set_trace_id(context)
                 self._check_ready()
                 # aclosing: a cancelled call closes the stream, which aborts the request in the engine
-                async with contextlib.aclosing(run_tracked(self._engine, tracked, request)) as responses:
-                    async for response in responses:
-                        yield response
+                async with contextlib.aclosing(run_tracked(self._engine, tracked, request)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk_to_pb(chunk)
         except RequestError as error:
             await abort_with(context, error)
 

@@ -8,13 +8,14 @@ from collections.abc import AsyncGenerator
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.generator.engine import Engine
-from splitserve.generator.pb_convert import chunk_to_pb, request_from_pb
+from splitserve.generator.pb_convert import request_from_pb
+from splitserve.generator.types import GenerationChunk
 from splitserve.generator.validation import validate_request
 
 
 async def run_tracked(engine: Engine, tracked: TrackedRequest,
-                      request: pb.GenerateRequest) -> AsyncGenerator[pb.GenerateResponse, None]:
-    """Yields the request's response messages; closing this generator aborts the request in the engine."""
+                      request: pb.GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+    """Yields the request's chunks; closing this generator aborts the request in the engine."""
     validated = validate_request(request_from_pb(request), engine.info)
     tracked.set_engine(engine.info.engine)
     stream = tracked.observe(engine.generate(validated), "queue_wait", "decode")
@@ -22,4 +23,4 @@ async def run_tracked(engine: Engine, tracked: TrackedRequest,
         async for chunk in chunks:
             if chunk.finish_reason is not None:
                 tracked.finish(chunk.finish_reason.value, chunk.num_prompt_tokens, chunk.num_generated_tokens)
-            yield chunk_to_pb(chunk)
+            yield chunk
