@@ -5,7 +5,10 @@
 # and in its own process (--engine-process). Needs no internet once the default model's
 # tokenizer is cached (or pass TOKENIZER_DIR=folder with tokenizer files).
 #
-#   bash deploy/gpu/bench_torch_vs_stack.sh            # CONCURRENCY=1,16,64,128 DURATION=20 WARMUP=5
+#   bash deploy/gpu/bench_torch_vs_stack.sh            # CONCURRENCY=1,16,64,128 DURATION=20 WARMUP=5 STAGGER=0
+#
+# A request lasts 10-20 s at 128 streams here: give windows of several request lengths, and STAGGER
+# (seconds, under WARMUP) so that the engine in-process does not run its streams in lockstep waves.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -13,6 +16,7 @@ PY="${PYTHON:-python3}"
 CONCURRENCY="${CONCURRENCY:-1,16,64,128}"
 DURATION="${DURATION:-20}"
 WARMUP="${WARMUP:-5}"
+STAGGER="${STAGGER:-0}"
 MAX_BATCH="${MAX_BATCH:-128}"
 OUT="${OUT:-$(mktemp -d -t splitserve-gpu-bench.XXXXXX)}"
 MODEL_DIR="${MODEL_DIR:-$OUT/llama3-8b-random}"
@@ -38,7 +42,7 @@ GEN_ARGS=(--generator-arg=--device=cuda --generator-arg=--dtype=bfloat16
           --generator-arg=--max-new-tokens=256 --generator-arg=--kv-cache-tokens=65536
           --generator-arg=--max-batch-tokens=4096)
 COMMON=(--model "$MODEL_DIR" --engine torch --max-batch-size "$MAX_BATCH" --concurrency "$CONCURRENCY"
-        --input-len 128 --output-len 128 --warmup "$WARMUP" --duration "$DURATION" --no-progress "${GEN_ARGS[@]}")
+        --input-len 128 --output-len 128 --warmup "$WARMUP" --duration "$DURATION" --stagger "$STAGGER" --no-progress "${GEN_ARGS[@]}")
 
 # Separate processes, so the in-process engine's GPU memory is gone before the stack loads its own.
 # The stack runs twice: the engine in the generator process, then in its own (--engine-process).

@@ -53,6 +53,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line (overrides --input-len)")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring, per level")
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
+    load.add_argument("--stagger", type=float, default=0.0,
+                      help="seconds over which a level's streams start (closed loop): without it, streams of "
+                           "equal length run in lockstep waves on the engine in-process; keep it under --warmup")
     load.add_argument("--drain", type=float, default=60.0,
                       help="seconds the requests in flight at a window's end may take to finish (their tokens "
                            "inside the window count toward throughput)")
@@ -143,7 +146,7 @@ async def _levels_from_processes(args: argparse.Namespace, addresses: list[str],
 
     spec = ClientSpec(addresses, args.timeout, model_path, args.input_len, args.output_len,
                       args.prompts_file, args.seed)
-    cpu, window, results = CpuMeter(pids), Window(args.warmup, args.duration, args.drain), []
+    cpu, window, results = CpuMeter(pids), Window(args.warmup, args.duration, args.drain, args.stagger), []
     with await asyncio.to_thread(client_pool, spec, args.client_processes) as pool:
         for level in _levels(args):
             results.append(await run_level_in_processes(pool, args.client_processes, spec, level, window, cpu))
@@ -173,7 +176,7 @@ async def _engine_target(args: argparse.Namespace, model_path: str) -> AsyncIter
 async def _run_levels(args: argparse.Namespace, target: Target, workload: Workload,
                       pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
     cpu = CpuMeter(pids) if pids else None
-    window = Window(args.warmup, args.duration, args.drain)
+    window = Window(args.warmup, args.duration, args.drain, args.stagger)
     results = []
     for level in _levels(args):
         with _progress(args, level) as bar:

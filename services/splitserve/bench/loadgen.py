@@ -40,6 +40,9 @@ class Window:
     warmup_s: float
     duration_s: float
     drain_s: float = 60.0
+    # Closed loop: stream i starts i/concurrency of this late, so that streams of equal length do not
+    # run in lockstep waves (a server's arrivals never do); keep it under the warm-up.
+    stagger_s: float = 0.0
 
 
 class _Run:
@@ -57,7 +60,8 @@ class _Run:
         if self.progress is not None and record.end is not None and self.window[0] <= record.end:
             self.progress.update(1)
 
-    async def worker(self, stop: asyncio.Event) -> None:
+    async def worker(self, stop: asyncio.Event, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
         while not stop.is_set():
             await self.one()
 
@@ -67,19 +71,21 @@ async def run_level(target: Target, workload: Workload, level: Level, window: Wi
     """Runs one level and returns its report (JSON-ready)."""
     start = time.perf_counter() + window.warmup_s
     measured = (start, start + window.duration_s)
-    records = asyncio.create_task(drive(target, workload, level, measured, progress, window.drain_s))
+    records = asyncio.create_task(drive(target, workload, level, measured, progress, window.drain_s,
+                                        window.stagger_s))
     cpu_s = await measure_cpu(cpu, measured)
     return summarize(await records, level, measured, cpu_s)
 
 
 async def drive(target: Target, workload: Workload, level: Level, measured: tuple[float, float],
-                progress: Any = None, drain_s: float = 60.0) -> list[RequestRecord]:
+                progress: Any = None, drain_s: float = 60.0, stagger_s: float = 0.0) -> list[RequestRecord]:
     """Keeps the level's load on from now until the measured window ends, lets the requests in flight
     finish (up to `drain_s`), and returns every request's record."""
     run, stop = _Run(target, workload, progress), asyncio.Event()
     run.window = measured
     if level.rate is None:
-        tasks = [asyncio.create_task(run.worker(stop)) for _ in range(level.concurrency)]
+        tasks = [asyncio.create_task(run.worker(stop, i * stagger_s / level.concurrency))
+                 for i in range(level.concurrency)]
     else:
         tasks = [asyncio.create_task(_poisson(run, level, stop))]
     await asyncio.sleep(max(0.0, measured[1] - time.perf_counter()))
