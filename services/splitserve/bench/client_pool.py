@@ -58,8 +58,7 @@ async def run_level_in_processes(pool: ProcessPoolExecutor, processes: int, spec
     measured = (start, start + window.duration_s)
     loop = asyncio.get_running_loop()
     shares = [_share(level, processes, i) for i in range(processes)]
-    runs = [loop.run_in_executor(pool, _drive, spec, share, measured, window.drain_s, window.stagger_s)
-            for share in shares if share.concurrency]
+    runs = [loop.run_in_executor(pool, _drive, spec, share, measured, window) for share in shares if share.concurrency]
     cpu_s = await measure_cpu(cpu, measured)
     records = [record for part in await asyncio.gather(*runs) for record in part]
     return summarize(records, level, measured, cpu_s)
@@ -84,18 +83,17 @@ def _ready(_: int) -> int:
     return os.getpid()
 
 
-def _drive(spec: ClientSpec, level: Level, measured: tuple[float, float], drain_s: float,
-           stagger_s: float) -> list[RequestRecord]:
-    return asyncio.run(_drive_async(spec, level, measured, drain_s, stagger_s))
+def _drive(spec: ClientSpec, level: Level, measured: tuple[float, float], window: Window) -> list[RequestRecord]:
+    return asyncio.run(_drive_async(spec, level, measured, window))
 
 
-async def _drive_async(spec: ClientSpec, level: Level, measured: tuple[float, float], drain_s: float,
-                       stagger_s: float) -> list[RequestRecord]:
+async def _drive_async(spec: ClientSpec, level: Level, measured: tuple[float, float],
+                       window: Window) -> list[RequestRecord]:
     assert _workload is not None
     channels = [grpc.aio.insecure_channel(address) for address in spec.addresses]
     try:
-        return await drive(GrpcTarget(channels, spec.timeout), _workload, level, measured, drain_s=drain_s,
-                          stagger_s=stagger_s)
+        return await drive(GrpcTarget(channels, spec.timeout), _workload, level, measured,
+                           drain_s=window.drain_s, stagger_s=window.stagger_s)
     finally:
         for channel in channels:
             await channel.close(None)
