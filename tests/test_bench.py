@@ -109,7 +109,7 @@ def test_cpu_of_a_watched_child_process_does_not_count_toward_its_parent() -> No
     finally:
         busy.kill()
         busy.wait()
-    assert spent["tier"] > 0.5 and spent["client"] < 0.2
+    assert spent["tier"] > 0.3 and spent["client"] < 0.1  # the parent only sleeps
 
 
 def test_stagger_spreads_the_first_requests_of_a_closed_loop_level() -> None:
