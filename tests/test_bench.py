@@ -115,7 +115,8 @@ def test_cpu_of_a_watched_child_process_does_not_count_toward_its_parent() -> No
 def test_stagger_spreads_the_first_requests_of_a_closed_loop_level() -> None:
     fake = _Lockstep(tokens=30, seconds=0.4)
     measured = (time.perf_counter() + 0.5, time.perf_counter() + 1.0)
-    records = asyncio.run(drive(fake, fake, Level(4), measured, drain_s=5.0, stagger_s=0.4))  # type: ignore[arg-type]
+    window = Window(0.5, 0.5, drain_s=5.0, stagger_s=0.4)
+    records = asyncio.run(drive(fake, fake, Level(4), measured, window))  # type: ignore[arg-type]
     first = sorted(r.start for r in records)[:4]
     gaps = [b - a for a, b in itertools.pairwise(first)]
     assert all(0.07 < gap < 0.2 for gap in gaps), gaps  # 0.1 s apart: 0.4 s over 4 streams

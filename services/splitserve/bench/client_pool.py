@@ -92,8 +92,7 @@ async def _drive_async(spec: ClientSpec, level: Level, measured: tuple[float, fl
     assert _workload is not None
     channels = [grpc.aio.insecure_channel(address) for address in spec.addresses]
     try:
-        return await drive(GrpcTarget(channels, spec.timeout), _workload, level, measured,
-                           drain_s=window.drain_s, stagger_s=window.stagger_s)
+        return await drive(GrpcTarget(channels, spec.timeout), _workload, level, measured, window)
     finally:
         for channel in channels:
             await channel.close(None)

@@ -71,26 +71,25 @@ async def run_level(target: Target, workload: Workload, level: Level, window: Wi
     """Runs one level and returns its report (JSON-ready)."""
     start = time.perf_counter() + window.warmup_s
     measured = (start, start + window.duration_s)
-    records = asyncio.create_task(drive(target, workload, level, measured, progress, window.drain_s,
-                                        window.stagger_s))
+    records = asyncio.create_task(drive(target, workload, level, measured, window, progress))
     cpu_s = await measure_cpu(cpu, measured)
     return summarize(await records, level, measured, cpu_s)
 
 
 async def drive(target: Target, workload: Workload, level: Level, measured: tuple[float, float],
-                progress: Any = None, drain_s: float = 60.0, stagger_s: float = 0.0) -> list[RequestRecord]:
+                window: Window, progress: Any = None) -> list[RequestRecord]:
     """Keeps the level's load on from now until the measured window ends, lets the requests in flight
-    finish (up to `drain_s`), and returns every request's record."""
+    finish (up to `window.drain_s`), and returns every request's record."""
     run, stop = _Run(target, workload, progress), asyncio.Event()
     run.window = measured
     if level.rate is None:
-        tasks = [asyncio.create_task(run.worker(stop, i * stagger_s / level.concurrency))
+        tasks = [asyncio.create_task(run.worker(stop, i * window.stagger_s / level.concurrency))
                  for i in range(level.concurrency)]
     else:
         tasks = [asyncio.create_task(_poisson(run, level, stop))]
     await asyncio.sleep(max(0.0, measured[1] - time.perf_counter()))
     stop.set()
-    await asyncio.wait(tasks, timeout=drain_s)
+    await asyncio.wait(tasks, timeout=window.drain_s)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

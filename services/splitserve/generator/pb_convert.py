@@ -43,18 +43,18 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
 
 def chunk_to_pb(chunk: GenerationChunk) -> pb.GenerateResponse:
     msg = pb.GenerateResponse()
-    fill_response(msg, chunk)
+    _fill_response(msg, chunk)
     return msg
 
 
 def chunk_to_delta(stream_id: int, chunk: GenerationChunk) -> pb.RequestDelta:
     """A GenerateMany delta, its response filled in place (building one and copying it in costs twice)."""
     delta = pb.RequestDelta(stream_id=stream_id)
-    fill_response(delta.response, chunk)
+    _fill_response(delta.response, chunk)
     return delta
 
 
-def fill_response(msg: pb.GenerateResponse, chunk: GenerationChunk) -> None:
+def _fill_response(msg: pb.GenerateResponse, chunk: GenerationChunk) -> None:
     add = msg.tokens.add
     for token in chunk.tokens:
         if token.logprob is None and not token.top_logprobs:

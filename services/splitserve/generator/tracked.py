@@ -16,8 +16,9 @@ from splitserve.generator.validation import validate_request
 async def run_tracked(engine: Engine, tracked: TrackedRequest,
                       request: pb.GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
     """Yields the request's chunks; closing this generator aborts the request in the engine."""
-    validated = validate_request(request_from_pb(request), engine.info)
-    tracked.set_engine(engine.info.engine)
+    info = engine.info  # some engines build it on each access
+    validated = validate_request(request_from_pb(request), info)
+    tracked.set_engine(info.engine)
     stream = tracked.observe(engine.generate(validated), "queue_wait", "decode")
     async with contextlib.aclosing(stream) as chunks:
         async for chunk in chunks:
