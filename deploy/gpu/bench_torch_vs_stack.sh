@@ -5,7 +5,8 @@
 # and in its own process (--engine-process). Needs no internet once the default model's
 # tokenizer is cached (or pass TOKENIZER_DIR=folder with tokenizer files).
 #
-#   bash deploy/gpu/bench_torch_vs_stack.sh            # CONCURRENCY=1,16,64,128 DURATION=20 WARMUP=5 STAGGER=0
+#   bash deploy/gpu/bench_torch_vs_stack.sh   # CONCURRENCY=1,16,64,128 DURATION=20 WARMUP=5 STAGGER=0
+#                                             # REPEAT=1 (interleaved rounds) ENGINE_PROCESS=1
 #
 # A request lasts 10-20 s at 128 streams here: give windows of several request lengths, and STAGGER
 # (seconds, under WARMUP) so that the engine in-process does not run its streams in lockstep waves.
@@ -17,6 +18,8 @@ CONCURRENCY="${CONCURRENCY:-1,16,64,128}"
 DURATION="${DURATION:-20}"
 WARMUP="${WARMUP:-5}"
 STAGGER="${STAGGER:-0}"
+REPEAT="${REPEAT:-1}"
+ENGINE_PROCESS="${ENGINE_PROCESS:-1}"
 MAX_BATCH="${MAX_BATCH:-128}"
 OUT="${OUT:-$(mktemp -d -t splitserve-gpu-bench.XXXXXX)}"
 MODEL_DIR="${MODEL_DIR:-$OUT/llama3-8b-random}"
@@ -44,22 +47,21 @@ GEN_ARGS=(--generator-arg=--device=cuda --generator-arg=--dtype=bfloat16
 COMMON=(--model "$MODEL_DIR" --engine torch --max-batch-size "$MAX_BATCH" --concurrency "$CONCURRENCY"
         --input-len 128 --output-len 128 --warmup "$WARMUP" --duration "$DURATION" --stagger "$STAGGER" --no-progress "${GEN_ARGS[@]}")
 
-# Separate processes, so the in-process engine's GPU memory is gone before the stack loads its own.
-# The stack runs twice: the engine in the generator process, then in its own (--engine-process).
-"$PY" -m splitserve.bench --in-process "${COMMON[@]}" --json "$OUT/in_process.json"
-"$PY" -m splitserve.bench "${COMMON[@]}" --json "$OUT/stack.json"
-"$PY" -m splitserve.bench "${COMMON[@]}" --generator-arg=--engine-process --json "$OUT/stack_engine_process.json"
+# Separate processes, so one engine's GPU memory is gone before the next loads its own. Each round
+# runs the engine in-process, then the stack (engine in the generator process), then, unless
+# ENGINE_PROCESS=0, the stack with the engine in its own process (--engine-process). Rounds
+# interleave, so drift of the card or host between runs falls on both sides of each ratio.
+REPORTS=()
+for ROUND in $(seq "$REPEAT"); do
+  "$PY" -m splitserve.bench --in-process "${COMMON[@]}" --json "$OUT/in_process_$ROUND.json"
+  "$PY" -m splitserve.bench "${COMMON[@]}" --json "$OUT/stack_$ROUND.json"
+  REPORTS+=("$OUT/in_process_$ROUND.json" "$OUT/stack_$ROUND.json")
+  if [ "$ENGINE_PROCESS" = 1 ]; then
+    "$PY" -m splitserve.bench "${COMMON[@]}" --generator-arg=--engine-process \
+      --json "$OUT/stack_engine_process_$ROUND.json"
+    REPORTS+=("$OUT/stack_engine_process_$ROUND.json")
+  fi
+done
 
-"$PY" - "$OUT/in_process.json" "$OUT/stack.json" "$OUT/stack_engine_process.json" <<'PYEOF'
-import json, sys
-alone = json.load(open(sys.argv[1]))["in_process"]
-print(f"{'stack':<22}{'level':<18}{'in-process tok/s':>18}{'stack tok/s':>14}{'ratio':>8}{'TTFT p50 +ms':>14}")
-for path in sys.argv[2:]:
-    name = "engine process" if "engine_process" in path else "engine in generator"
-    for a, s in zip(alone, json.load(open(path))["stack"]):
-        ratio = s["output_tokens_per_s"] / a["output_tokens_per_s"] if a["output_tokens_per_s"] else float("nan")
-        added = s["ttft_ms"]["p50"] - a["ttft_ms"]["p50"]
-        print(f"{name:<22}{s['level']:<18}{a['output_tokens_per_s']:>18.0f}{s['output_tokens_per_s']:>14.0f}"
-              f"{ratio:>8.3f}{added:>14.1f}")
-PYEOF
-echo "reports: $OUT/in_process.json $OUT/stack.json $OUT/stack_engine_process.json"
+"$PY" deploy/gpu/compare_reports.py "${REPORTS[@]}"
+echo "reports: ${REPORTS[*]}"
