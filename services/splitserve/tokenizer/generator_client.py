@@ -40,17 +40,15 @@ class GeneratorClient:
                  tls_server_name: str | None = None) -> None:
         self.address = address
         # interceptors: tracing's client spans and the traceparent header on every call
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
-        else:  # TLS, mutual when the credentials hold a client certificate
-            # Pods found through DNS are dialled by IP: check their certificate against the service name.
-            name = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
-            self._channel = grpc.aio.secure_channel(address, credentials, options=[*SERVER_OPTIONS, *name],
-                                                    interceptors=list(interceptors))
+        self._channel = _open_channel(address, credentials, tls_server_name, interceptors)
         self._stub = tokens_pb2_grpc.TokenGenerationServiceStub(self._channel)
         # Multiplexed: every request shares one GenerateMany stream (far fewer messages under load).
-        self._mux = MultiplexedClient(self._stub, tracer or trace.get_tracer(__name__),
-                                      stream_interval_s) if multiplexed else None
+        # It traces each request itself, so its channel has no interceptors: on a channel with any,
+        # grpc.aio routes every write of a streaming call through a queue and a task of its own.
+        # Channels with equal arguments share the connection.
+        self._mux_channel = _open_channel(address, credentials, tls_server_name, ()) if interceptors else self._channel
+        self._mux = MultiplexedClient(tokens_pb2_grpc.TokenGenerationServiceStub(self._mux_channel),
+                                      tracer or trace.get_tracer(__name__), stream_interval_s) if multiplexed else None
 
     async def model_info(self, timeout: float) -> pb.GetModelInfoResponse:
         """Waits up to `timeout` for the generator to answer (it may be starting or loading its model)."""
@@ -97,6 +95,19 @@ class GeneratorClient:
         if self._mux is not None:
             await self._mux.close()
         await self._channel.close(None)
+        if self._mux_channel is not self._channel:
+            await self._mux_channel.close(None)
+
+
+def _open_channel(address: str, credentials: grpc.ChannelCredentials | None, tls_server_name: str | None,
+                  interceptors: Sequence[grpc.aio.ClientInterceptor]) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=SERVER_OPTIONS, interceptors=list(interceptors))
+    # TLS, mutual when the credentials hold a client certificate. Pods found through DNS are dialled
+    # by IP: check their certificate against the service name.
+    name = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+    return grpc.aio.secure_channel(address, credentials, options=[*SERVER_OPTIONS, *name],
+                                   interceptors=list(interceptors))
 
 
 async def _read_to_end(call: AsyncIterator[pb.GenerateResponse]) -> None:
