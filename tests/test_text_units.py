@@ -67,3 +67,13 @@ def test_incomplete_character_at_the_end_is_flushed_like_full_decode(model_dir: 
     detok = IncrementalDetokenizer(tokenizer, [])
     streamed = "".join(detok.step(i) for i in ids) + detok.flush()
     assert streamed == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("add_special_tokens", [False, True])
+def test_codec_encodes_like_the_transformers_tokenizer(model_dir: Path, add_special_tokens: bool) -> None:
+    from splitserve.tokenizer.text_codec import TextCodec
+
+    codec = TextCodec(str(model_dir))
+    for text in [*TEXTS, "", "  two  spaces\n\ttab", "<|im_start|>user\nhi<|im_end|>", "3.14159 × 10⁻³"]:
+        expected = codec.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        assert codec.encode_text(text, add_special_tokens) == expected, text
