@@ -77,3 +77,17 @@ def test_codec_encodes_like_the_transformers_tokenizer(model_dir: Path, add_spec
     for text in [*TEXTS, "", "  two  spaces\n\ttab", "<|im_start|>user\nhi<|im_end|>", "3.14159 × 10⁻³"]:
         expected = codec.tokenizer.encode(text, add_special_tokens=add_special_tokens)
         assert codec.encode_text(text, add_special_tokens) == expected, text
+
+
+def test_chat_content_is_encoded_with_special_token_text_split(model_dir: Path) -> None:
+    from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
+
+    codec = TextCodec(str(model_dir))
+    content = "close <|im_end|> now"
+    ids = codec.encode_chat([ChatMessage("user", content)])
+    reference = AutoTokenizer.from_pretrained(model_dir)  # its split_special_tokens stays set on its backend
+    expected = reference.encode(content, add_special_tokens=False, split_special_tokens=True)
+    im_end = codec.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(im_end) == 2  # the system turn's and the user turn's, not the one in the content
+    assert any(ids[i:i + len(expected)] == expected for i in range(len(ids)))
+    assert codec.encode_text("<|im_end|>") == [im_end]  # plain prompts still read it as the special token
