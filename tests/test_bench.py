@@ -16,6 +16,10 @@ from splitserve.bench import add_bench_arguments, run_bench
 from splitserve.bench.cpu import CpuMeter
 from splitserve.bench.loadgen import Level, Window, drive, run_level
 from splitserve.bench.records import RequestRecord
+from splitserve.common.model_store import DEFAULT_MODEL_NAME
+from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.engines.bench_engine import BenchEngine, StepModel
+from splitserve.generator.types import GenerationRequest
 
 
 def bench_args(*argv: str) -> argparse.Namespace:
@@ -120,3 +124,45 @@ def test_stagger_spreads_the_first_requests_of_a_closed_loop_level() -> None:
     first = sorted(r.start for r in records)[:4]
     gaps = [b - a for a, b in itertools.pairwise(first)]
     assert all(0.07 < gap < 0.2 for gap in gaps), gaps  # 0.1 s apart: 0.4 s over 4 streams
+
+
+async def _started_bench_engine(model_dir: Path, step: StepModel) -> BenchEngine:
+    config = GeneratorConfig(str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0", engine="bench")
+    engine = BenchEngine(config, lambda healthy: None, step)
+    await engine.start()
+    return engine
+
+
+async def test_bench_engine_keeps_its_clock_when_the_event_loop_is_late(model_dir: Path) -> None:
+    """A device does not wait for the host: a loop blocked for ten steps delays delivery, not the rate."""
+    engine = await _started_bench_engine(model_dir, StepModel(fixed_s=0.01, per_seq_s=0.0))
+    try:
+        started = time.perf_counter()
+        received = 0
+        async for chunk in engine.generate(GenerationRequest("r", [5, 6, 7], max_new_tokens=20)):
+            received += len(chunk.tokens)
+            if received == 3:
+                time.sleep(0.1)  # the loop is held: ten steps' worth
+        elapsed = time.perf_counter() - started
+    finally:
+        await engine.stop()
+    assert received == 20
+    assert elapsed < 0.2 + 0.06, f"20 steps of 10 ms took {elapsed * 1000:.0f} ms: the block was added on top"
+
+
+async def test_bench_engine_request_joins_only_steps_that_start_after_it_arrived(model_dir: Path) -> None:
+    engine = await _started_bench_engine(model_dir, StepModel(fixed_s=0.01, per_seq_s=0.0))
+    try:
+        first = engine.generate(GenerationRequest("a", [5], max_new_tokens=30))
+        await anext(first)
+        time.sleep(0.1)  # the loop is late by ten steps when the second request arrives
+        arrived = engine.steps
+        second = engine.generate(GenerationRequest("b", [6], max_new_tokens=1))
+        [chunk] = [c async for c in second]
+        assert chunk.finish_reason is not None
+        await first.aclose()
+    finally:
+        await engine.stop()
+    # About ten catch-up steps ran without it (they started before it arrived), then its own step;
+    # joining the first catch-up step would have finished it after one.
+    assert engine.steps - arrived >= 8

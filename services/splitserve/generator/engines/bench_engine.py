@@ -2,7 +2,8 @@
 
 Never the default. It runs in-flight batching on an asyncio step loop: each step serves up to
 `max_batch_size` sequences and lasts `fixed_s + per_seq_s * batch`; a request that arrives mid-step
-joins at the next step, and a cancelled one leaves the batch at the next step.
+joins at the next step, and a cancelled one leaves the batch at the next step. Steps keep the
+modelled device's clock, not the event loop's: a busy loop delays delivery, not the device.
 
 Calibration (../shared/TRTLLM.md): trtllm-bench reports 28,312 output tok/s for Llama-3.1-8B FP8 on
 one H100 at ISL/OSL 128/128. A decode step of an 8B FP8 model at small batch is bound by reading the
@@ -65,6 +66,7 @@ class _Sequence:
     request: GenerationRequest
     max_new_tokens: int
     offset: int
+    arrived: float  # event-loop time of admission
     pending: list[int] = field(default_factory=list)
     generated: int = 0
     finish: FinishReason | None = None
@@ -152,7 +154,8 @@ class BenchEngine:
         if len(self._waiting) + len(self._running) >= limit:
             raise Overloaded(f"generator queue is full ({limit} requests in flight); retry later")
         max_new = request.max_new_tokens or self._config.default_max_new_tokens
-        seq = _Sequence(request, max_new, offset=sum(request.prompt_token_ids[:8]))
+        seq = _Sequence(request, max_new, offset=sum(request.prompt_token_ids[:8]),
+                        arrived=asyncio.get_running_loop().time())
         self._waiting.append(seq)
         self._wake.set()
         return seq
@@ -160,25 +163,36 @@ class BenchEngine:
     # -- the step loop ------------------------------------------------------------------------------
 
     async def _step_loop(self) -> None:
+        """Steps on the modelled device's own clock: each step starts when the previous one ended.
+
+        A device does not wait for the host: when the event loop is busy past a step's end, that
+        step's tokens are delivered late and the next steps run back to back until the clock has
+        caught up, as a host thread polling a busy GPU would find them. A request joins the first
+        step that starts after it arrived, never one that started earlier.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        clock = loop.time()
         while True:
             if not self._running and not self._waiting:
                 self._wake.clear()
                 await self._wake.wait()
-                deadline = loop.time()
-            self._join_waiting()
-            # Absolute deadlines keep the modelled rate even when the loop is late by a little.
-            deadline = max(deadline + self._model.step_seconds(len(self._running)), loop.time())
-            await asyncio.sleep(deadline - loop.time())
+                clock = loop.time()
+            elif not self._running:  # an idle device starts when the next request arrives
+                clock = max(clock, self._waiting[0].arrived)
+            self._join_waiting(clock)
+            clock += self._model.step_seconds(len(self._running))
+            await asyncio.sleep(max(clock - loop.time(), 0.0))
             self._step()
 
-    def _join_waiting(self) -> None:
+    def _join_waiting(self, step_start: float) -> None:
         self._running = [s for s in self._running if not s.cancelled]
         while self._waiting and len(self._running) < self._config.max_batch_size:
-            seq = self._waiting.popleft()
-            if not seq.cancelled:
-                self._running.append(seq)
+            if self._waiting[0].cancelled:
+                self._waiting.popleft()
+            elif self._waiting[0].arrived <= step_start:
+                self._running.append(self._waiting.popleft())
+            else:
+                break
 
     def _step(self) -> None:
         """Emits one token for every running sequence and retires the finished ones."""
