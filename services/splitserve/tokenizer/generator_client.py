@@ -44,7 +44,7 @@ class GeneratorClient:
         self._stub = tokens_pb2_grpc.TokenGenerationServiceStub(self._channel)
         # Multiplexed: every request shares one GenerateMany stream (far fewer messages under load).
         # It traces each request itself, so its channel has no interceptors: on a channel with any,
-        # grpc.aio routes every write of a streaming call through a queue and a task of its own.
+        # grpc.aio routes every write and read of a streaming call through a queue and a task of its own.
         # Channels with equal arguments share the connection.
         self._mux_channel = _open_channel(address, credentials, tls_server_name, ()) if interceptors else self._channel
         self._mux = MultiplexedClient(tokens_pb2_grpc.TokenGenerationServiceStub(self._mux_channel),
