@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.request_telemetry import TrackedRequest
+from splitserve.generator.coalesce import coalesced
 from splitserve.generator.engine import Engine
 from splitserve.generator.pb_convert import request_from_pb
 from splitserve.generator.types import GenerationChunk
@@ -20,6 +21,8 @@ async def run_tracked(engine: Engine, tracked: TrackedRequest,
     validated = validate_request(request_from_pb(request), info)
     tracked.set_engine(info.engine)
     stream = tracked.observe(engine.generate(validated), "queue_wait", "decode")
+    if request.min_message_interval_ms:  # the caller wants fewer, larger messages
+        stream = coalesced(stream, request.min_message_interval_ms / 1000)
     async with contextlib.aclosing(stream) as chunks:
         async for chunk in chunks:
             if chunk.finish_reason is not None:
