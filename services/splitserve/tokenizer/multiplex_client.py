@@ -53,6 +53,9 @@ class MultiplexedClient:
         self._tracer = tracer
         # At most one delta per request per interval: fewer, larger messages at the cost of burstier streams.
         self._min_interval_s = min_interval_s
+        # The generator holds tokens for the same interval (one that predates the field sends each
+        # step's): fewer deltas on this stream as well as fewer messages to the client.
+        self._hold_ms = round(min_interval_s * 1000)
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._inboxes: dict[int, _Inbox] = {}
@@ -73,9 +76,7 @@ class MultiplexedClient:
             self._inboxes[stream_id] = inbox
             finished, code = False, "CANCELLED"
             start = request_to_pb(request)
-            # The generator holds tokens for the same interval (one that predates the field sends each
-            # step's): fewer deltas on this stream as well as fewer messages to the client.
-            start.min_message_interval_ms = round(self._min_interval_s * 1000)
+            start.min_message_interval_ms = self._hold_ms
             try:
                 await self._write(pb.GenerateManyRequest(stream_id=stream_id, start=start,
                                                          trace_context=carrier, timeout_seconds=timeout or 0.0))
