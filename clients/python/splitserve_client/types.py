@@ -24,6 +24,9 @@ class GenerationOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
@@ -42,6 +45,7 @@ class Delta:
     stop_sequence: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Completion:
     stop_sequence: str
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0
 
 
 Input = str | Chat | list[int]
@@ -71,7 +76,8 @@ def build_request(prompt: Input, options: GenerationOptions) -> pb.GenerateStrea
     msg = pb.GenerateStreamRequest(
         request_id=options.request_id, model=options.model,
         sampling=pb.SamplingParams(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                                   seed=options.seed),
+                                   seed=options.seed, min_p=options.min_p, presence_penalty=options.presence_penalty,
+                                   frequency_penalty=options.frequency_penalty),
         stopping=pb.StoppingCriteria(max_new_tokens=options.max_new_tokens, stop=options.stop,
                                      stop_token_ids=options.stop_token_ids, ignore_eos=options.ignore_eos),
         options=pb.ResponseOptions(include_tokens=True, logprobs=options.logprobs),
@@ -88,9 +94,10 @@ def build_request(prompt: Input, options: GenerationOptions) -> pb.GenerateStrea
 
 def delta_from_pb(msg: pb.GenerateStreamResponse) -> Delta:
     return Delta(msg.text, [t.id for t in msg.tokens], finish_name(msg.finish_reason), msg.stop_sequence,
-                 msg.usage.prompt_tokens, msg.usage.completion_tokens)
+                 msg.usage.prompt_tokens, msg.usage.completion_tokens, msg.usage.cached_prompt_tokens)
 
 
 def completion_from_pb(msg: pb.GenerateResponse) -> Completion:
     return Completion(msg.request_id, msg.text, [t.id for t in msg.tokens], finish_name(msg.finish_reason) or "",
-                      msg.stop_sequence, msg.usage.prompt_tokens, msg.usage.completion_tokens)
+                      msg.stop_sequence, msg.usage.prompt_tokens, msg.usage.completion_tokens,
+                      msg.usage.cached_prompt_tokens)

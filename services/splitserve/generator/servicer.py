@@ -15,7 +15,7 @@ from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.multiplex import MultiplexedStream
-from splitserve.generator.pb_convert import chunk_to_pb
+from splitserve.generator.pb_convert import capabilities_to_pb, chunk_to_pb
 from splitserve.generator.tracked import run_tracked
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,13 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
         except RequestError as error:
             await abort_with(context, error)
         info = self._engine.info
-        caps = info.capabilities
         return pb.GetModelInfoResponse(
             model=info.model_name, engine=info.engine, vocab_size=info.vocab_size,
             eos_token_ids=list(info.eos_token_ids), max_input_tokens=info.max_input_tokens,
             max_total_tokens=info.max_total_tokens, max_new_tokens=info.max_new_tokens,
             default_max_new_tokens=info.default_max_new_tokens, max_batch_size=info.max_batch_size,
             tokenizer_fingerprint=self._fingerprint,
-            capabilities=pb.EngineCapabilities(
-                seed=caps.seed, repetition_penalty=caps.repetition_penalty, min_new_tokens=caps.min_new_tokens,
-                max_top_logprobs=caps.max_top_logprobs, logprobs=caps.logprobs),
+            capabilities=capabilities_to_pb(info.capabilities),
         )
 
     async def GetLoad(

@@ -25,6 +25,9 @@ class SamplingParams:
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -64,6 +67,7 @@ class GenerationChunk:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     seed: int | None = None
+    num_cached_prompt_tokens: int = 0  # of num_prompt_tokens, those served from the engine's prefix cache
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class EngineCapabilities:
     min_new_tokens: bool = False
     logprobs: bool = False
     max_top_logprobs: int = 0
+    presence_penalty: bool = False
+    frequency_penalty: bool = False
+    min_p: bool = False
 
 
 @dataclass(frozen=True)

@@ -55,20 +55,46 @@ def _resolve_max_new_tokens(request: GenerationRequest, info: EngineInfo) -> int
 
 
 def _check_sampling(sampling: SamplingParams, info: EngineInfo) -> None:
-    caps = info.capabilities
+    _check_filters(sampling)
+    _check_penalties(sampling)
+    _check_sampling_support(sampling, info)
+
+
+def _check_filters(sampling: SamplingParams) -> None:
     if sampling.temperature is not None and not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
         raise InvalidRequest(f"temperature must be a finite number >= 0, got {sampling.temperature}")
     if sampling.top_p is not None and not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
         raise InvalidRequest(f"top_p must be in (0, 1], got {sampling.top_p}")
     if sampling.top_k is not None and sampling.top_k < 0:
         raise InvalidRequest(f"top_k must be >= 0, got {sampling.top_k}")
+    if sampling.min_p is not None and not (math.isfinite(sampling.min_p) and 0 <= sampling.min_p <= 1):
+        raise InvalidRequest(f"min_p must be in [0, 1], got {sampling.min_p}")
+
+
+def _check_penalties(sampling: SamplingParams) -> None:
     penalty = sampling.repetition_penalty
     if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
         raise InvalidRequest(f"repetition_penalty must be a finite number > 0, got {penalty}")
-    if penalty not in (None, 1.0) and not caps.repetition_penalty:
-        raise InvalidRequest(f"engine {info.engine!r} does not support repetition_penalty")
+    for name, value in (("presence_penalty", sampling.presence_penalty),
+                        ("frequency_penalty", sampling.frequency_penalty)):
+        if value is not None and not (math.isfinite(value) and -2 <= value <= 2):
+            raise InvalidRequest(f"{name} must be in [-2, 2], got {value}")
+
+
+def _check_sampling_support(sampling: SamplingParams, info: EngineInfo) -> None:
+    """Non-neutral values need the engine's capability: refused, never ignored."""
+    caps = info.capabilities
+    _require(sampling.repetition_penalty not in (None, 1.0), caps.repetition_penalty, "repetition_penalty", info)
+    _require(sampling.presence_penalty not in (None, 0.0), caps.presence_penalty, "presence_penalty", info)
+    _require(sampling.frequency_penalty not in (None, 0.0), caps.frequency_penalty, "frequency_penalty", info)
+    _require(sampling.min_p not in (None, 0.0), caps.min_p, "min_p", info)
     if sampling.seed is not None and not sampling.is_greedy and not caps.seed:
         raise InvalidRequest(f"engine {info.engine!r} does not support per-request seeds for sampling")
+
+
+def _require(used: bool, supported: bool, feature: str, info: EngineInfo) -> None:
+    if used and not supported:
+        raise InvalidRequest(f"engine {info.engine!r} does not support {feature}")
 
 
 def _check_stopping(request: GenerationRequest, info: EngineInfo, max_new: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -155,6 +156,5 @@ def _merge(deltas: list[pb.RequestDelta]) -> GenerationChunk:
         chunk = chunk_from_pb(delta.response)
         tokens.extend(chunk.tokens)
         if chunk.finish_reason is not None:
-            return GenerationChunk(tokens, chunk.finish_reason, chunk.stop_token_id, chunk.num_prompt_tokens,
-                                   chunk.num_generated_tokens, chunk.seed)
+            return dataclasses.replace(chunk, tokens=tokens)
     return GenerationChunk(tokens)

@@ -58,6 +58,9 @@ def sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
         top_p=s.top_p if s.HasField("top_p") else None,
         repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
         seed=s.seed if s.HasField("seed") else None,
+        min_p=s.min_p if s.HasField("min_p") else None,
+        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
     )
 
 
@@ -104,7 +107,8 @@ def stream_response(chunk: TextChunk, request_id: str, codec: TextCodec) -> pb.G
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH[chunk.finish_reason]
         msg.stop_sequence = chunk.stop_sequence
-        msg.usage.CopyFrom(pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens))
+        msg.usage.CopyFrom(pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
+                                    cached_prompt_tokens=chunk.cached_prompt_tokens))
         if chunk.seed is not None:
             msg.seed = chunk.seed
         if chunk.stop_token_id is not None:

@@ -62,12 +62,14 @@ async def generate_text(codec: TextCodec, generator: TokenGenerator, request: Te
             emit, matched = state.stops.feed(text)
             if matched is not None:  # leaving the block closes the generator stream
                 yield TextChunk(emit, tokens, TextFinishReason.STOP_SEQUENCE, matched, None,
-                                prompt_tokens, state.completion_tokens, request.generation.sampling.seed)
+                                prompt_tokens, state.completion_tokens, request.generation.sampling.seed,
+                                chunk.num_cached_prompt_tokens)  # known when the match is in the last chunk
                 return
             if chunk.finish_reason is None:
                 if emit or tokens:
                     yield TextChunk(emit, tokens)
                 continue
             yield TextChunk(emit + state.stops.flush(), tokens, _FINISH[chunk.finish_reason], "",
-                            chunk.stop_token_id, prompt_tokens, state.completion_tokens, chunk.seed)
+                            chunk.stop_token_id, prompt_tokens, state.completion_tokens, chunk.seed,
+                            chunk.num_cached_prompt_tokens)
             return

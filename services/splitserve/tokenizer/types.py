@@ -50,3 +50,4 @@ class TextChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seed: int | None = None
+    cached_prompt_tokens: int = 0
