@@ -1,0 +1,163 @@
+"""Batched sampling on the device: penalties, stop masking, temperature, top-k/top-p/min-p, seeded Gumbel-max.
+
+Every knob is per row; the per-row parameters travel as a few small tensors built once per call from the
+Python-side options, which also decide the fast paths (so there is no host sync). The input logits are never
+modified in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+
+from .seeded_noise import gumbel_argmax, split_seed, token_keys
+from .sequence import SamplingOptions, Sequence
+
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplerOutput:
+    """The sampled ids of one step and, when some row asked, their logprobs from the raw logits."""
+
+    token_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor | None  # [B] float32: the chosen token's logprob; None when no row asked
+    top_ids: torch.Tensor | None  # [B, K] int64, K = the largest top_logprobs in the batch; None when K == 0
+    top_logprobs: torch.Tensor | None  # [B, K] float32, descending
+
+
+class Sampler:
+    """Turns a step's logits [B, V] into one token per sequence, each row with its own options."""
+
+    def __init__(self, vocab_size: int, device: torch.device) -> None:
+        self.vocab_size = vocab_size
+        self.device = device
+        self._token_keys = token_keys(vocab_size, device)  # [V]: the token half of every noise counter
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        logits = logits[:, : self.vocab_size]  # a padded lm_head's extra columns are never sampled
+        opts = [seq.sampling for seq in seqs]
+        num_top = max((o.top_logprobs for o in opts), default=0)
+        wants_logprobs = num_top > 0 or any(o.logprobs for o in opts)
+        penalized = [i for i, o in enumerate(opts) if o.needs_penalties]
+        masked = [i for i, seq in enumerate(seqs) if seq.stop_token_ids and
+                  seq.num_output_tokens < seq.sampling.min_new_tokens]
+        sampled = [i for i, o in enumerate(opts) if not o.is_greedy]
+        if not (wants_logprobs or penalized or masked or sampled):
+            return SamplerOutput(torch.argmax(logits, dim=-1), None, None, None)
+
+        logits = logits.float()
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
+        if penalized:
+            logits = _on_rows(logits, penalized, lambda x: apply_penalties(x, [seqs[i] for i in penalized]))
+        if masked:
+            logits = mask_stop_tokens(logits, [seqs[i] for i in masked], masked)
+        token_ids = self._choose(logits, seqs, sampled)
+        return _with_logprobs(token_ids, raw_logprobs, num_top)
+
+    def _choose(self, logits: torch.Tensor, seqs: list[Sequence], sampled: list[int]) -> torch.Tensor:
+        """[B] ids: argmax for greedy rows, seeded sampling for the `sampled` rows."""
+        if not sampled:
+            return torch.argmax(logits, dim=-1)
+        if len(sampled) == len(seqs):
+            return self._sample(logits, seqs)
+        idx = _index(sampled, logits.device)
+        picked = self._sample(logits.index_select(0, idx), [seqs[i] for i in sampled])
+        return torch.argmax(logits, dim=-1).index_copy(0, idx, picked)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """[S] ids for rows that all sample: temperature, top-k, top-p, min-p, then seeded Gumbel-max."""
+        opts = [seq.sampling for seq in seqs]
+        params = _rows_tensor([[o.temperature, o.min_p] for o in opts], torch.float32, logits.device)
+        counters = _rows_tensor([[*split_seed(seq.sampling.seed), seq.num_output_tokens] for seq in seqs],
+                                torch.int64, logits.device)  # (seed low, seed high, output position)
+        logits = logits / params[:, 0:1]
+        filtered = [i for i, o in enumerate(opts) if o.top_k > 0 or o.top_p < 1.0]
+        if filtered:
+            logits = _on_rows(logits, filtered, lambda x: top_k_top_p(x, [opts[i] for i in filtered]))
+        if any(o.min_p > 0.0 for o in opts):
+            logits = min_p_filter(logits, params[:, 1:2])
+        return gumbel_argmax(logits, counters[:, 0], counters[:, 1], counters[:, 2], self._token_keys)
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Repetition (HF rule, prompt and output tokens), then presence and frequency (OpenAI rule, output tokens)."""
+    num_rows, vocab = logits.shape
+    opts = [seq.sampling for seq in seqs]
+    params = _rows_tensor([[o.repetition_penalty, o.presence_penalty, o.frequency_penalty] for o in opts],
+                          torch.float32, logits.device)
+    # Prompt tokens only matter to the repetition penalty: skip them for rows without one.
+    prompts = [seq.token_ids[: seq.num_prompt_tokens] if o.repetition_penalty != 1.0 else [] for seq, o in
+               zip(seqs, opts, strict=True)]
+    outputs = [seq.output_token_ids for seq in seqs]
+    num_output = sum(len(ids) for ids in outputs)
+    tokens = _index(list(chain(*outputs, *prompts)), logits.device)
+    lengths = _index([len(ids) for ids in outputs + prompts], logits.device)
+    rows = torch.arange(num_rows, device=logits.device).repeat(2)
+    flat = torch.repeat_interleave(rows, lengths, output_size=tokens.shape[0]) * vocab + tokens
+    counts = torch.zeros(num_rows * vocab, device=logits.device)
+    counts = counts.index_add_(0, flat[:num_output], torch.ones(num_output, device=logits.device)).view(num_rows, vocab)
+    seen = torch.zeros(num_rows * vocab, dtype=torch.bool, device=logits.device).index_fill_(0, flat, True)
+    factor = torch.where(seen.view(num_rows, vocab), params[:, 0:1], 1.0)
+    logits = torch.where(logits > 0, logits / factor, logits * factor)
+    return logits - params[:, 1:2] * (counts > 0) - params[:, 2:3] * counts
+
+
+def mask_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> torch.Tensor:
+    """-inf at each stop id of the given rows (those still short of min_new_tokens)."""
+    vocab = logits.shape[1]
+    flat = [row * vocab + t for row, seq in zip(rows, seqs, strict=True) for t in seq.stop_token_ids if t < vocab]
+    return logits.reshape(-1).index_fill(0, _index(flat, logits.device), _NEG_INF).view_as(logits)
+
+
+def top_k_top_p(logits: torch.Tensor, opts: list[SamplingOptions]) -> torch.Tensor:
+    """Top-k (ties at the k-th value kept), then top-p over the survivors' softmax (the top token always kept)."""
+    vocab = logits.shape[1]
+    top_ks = [min(o.top_k, vocab) or vocab for o in opts]  # no top-k: k = V keeps everything
+    k = _index(top_ks, logits.device)[:, None]
+    if all(o.top_p >= 1.0 for o in opts):  # top-k only: a partial top-k beats sorting the vocabulary
+        largest = torch.topk(logits, max(top_ks), dim=-1).values
+        return logits.masked_fill(logits < largest.gather(1, k - 1), _NEG_INF)
+    top_p = _rows_tensor([[o.top_p] for o in opts], torch.float32, logits.device)
+    ordered, order = torch.sort(logits, dim=-1, descending=True)
+    ordered = ordered.masked_fill(ordered < ordered.gather(1, k - 1), _NEG_INF)
+    probs = torch.softmax(ordered, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of all higher-ranked tokens
+    drop = mass_before >= top_p
+    drop[:, 0] = False  # the top token always stays
+    return torch.empty_like(logits).scatter_(1, order, ordered.masked_fill(drop, _NEG_INF))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drops tokens with prob < min_p * max prob, in logit space: logit < max logit + log(min_p)."""
+    floor = logits.amax(dim=-1, keepdim=True) + torch.log(min_p)  # min_p 0: floor -inf, nothing dropped
+    return logits.masked_fill(logits < floor, _NEG_INF)
+
+
+def _with_logprobs(token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None, num_top: int) -> SamplerOutput:
+    if raw_logprobs is None:
+        return SamplerOutput(token_ids, None, None, None)
+    chosen = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)
+    if num_top == 0:
+        return SamplerOutput(token_ids, chosen, None, None)
+    top = torch.topk(raw_logprobs, num_top, dim=-1)
+    return SamplerOutput(token_ids, chosen, top.indices, top.values)
+
+
+def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`fn` applied to the given rows of x only (all of x when every row is listed)."""
+    if len(rows) == x.shape[0]:
+        return fn(x)
+    idx = _index(rows, x.device)
+    return x.index_copy(0, idx, fn(x.index_select(0, idx)))
+
+
+def _rows_tensor(values: list[list[float]] | list[list[int]], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def _index(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
