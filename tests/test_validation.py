@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -36,6 +37,9 @@ def test_defaults_are_filled_in() -> None:
     ({"sampling": SamplingParams(temperature=1.0, top_k=-1)}, "top_k"),
     ({"sampling": SamplingParams(repetition_penalty=1.2)}, "repetition_penalty"),
     ({"sampling": SamplingParams(temperature=0.7, seed=3)}, "seed"),
+    ({"sampling": SamplingParams(presence_penalty=0.5)}, "engine 'torch' does not support presence_penalty"),
+    ({"sampling": SamplingParams(frequency_penalty=-0.5)}, "engine 'torch' does not support frequency_penalty"),
+    ({"sampling": SamplingParams(min_p=0.1)}, "engine 'torch' does not support min_p"),
     ({"min_new_tokens": 2}, "min_new_tokens"),
     ({"stop_token_ids": (100,)}, "stop token id 100"),
     ({"top_logprobs": 2}, "max_top_logprobs=0"),
@@ -47,3 +51,38 @@ def test_limits_are_refused_by_name(fields: dict[str, object], needle: str) -> N
 
 def test_greedy_requests_may_carry_a_seed() -> None:
     assert validate_request(request(sampling=SamplingParams(temperature=0.0, seed=9)), INFO).sampling.seed == 9
+
+
+ALL_SAMPLING = replace(INFO, capabilities=EngineCapabilities(presence_penalty=True, frequency_penalty=True, min_p=True))
+
+
+@pytest.mark.parametrize(("sampling", "needle"), [
+    (SamplingParams(presence_penalty=2.01), r"presence_penalty must be in \[-2, 2\]"),
+    (SamplingParams(presence_penalty=-2.5), r"presence_penalty must be in \[-2, 2\]"),
+    (SamplingParams(frequency_penalty=math.inf), r"frequency_penalty must be in \[-2, 2\]"),
+    (SamplingParams(frequency_penalty=math.nan), r"frequency_penalty must be in \[-2, 2\]"),
+    (SamplingParams(min_p=-0.1), r"min_p must be in \[0, 1\]"),
+    (SamplingParams(min_p=1.5), r"min_p must be in \[0, 1\]"),
+    (SamplingParams(min_p=math.nan), r"min_p must be in \[0, 1\]"),
+])
+@pytest.mark.parametrize("info", [INFO, ALL_SAMPLING], ids=["without", "with"])
+def test_out_of_range_penalties_and_min_p_are_refused(sampling: SamplingParams, needle: str,
+                                                      info: EngineInfo) -> None:
+    with pytest.raises(InvalidRequest, match=needle):
+        validate_request(request(sampling=sampling), info)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingParams(presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0),
+    SamplingParams(presence_penalty=-0.0),
+])
+def test_neutral_values_pass_an_engine_without_the_capability(sampling: SamplingParams) -> None:
+    assert validate_request(request(sampling=sampling), INFO).sampling == sampling
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingParams(presence_penalty=-2.0, frequency_penalty=2.0, min_p=1.0),
+    SamplingParams(temperature=0.8, presence_penalty=0.4, frequency_penalty=0.3, min_p=0.05),
+])
+def test_an_engine_with_the_capabilities_takes_the_whole_range(sampling: SamplingParams) -> None:
+    assert validate_request(request(sampling=sampling), ALL_SAMPLING).sampling == sampling
