@@ -64,7 +64,7 @@ def generate_requests(draw: st.DrawFn) -> pb.GenerateRequest:
 
 
 def _sampling_and_stopping(draw: st.DrawFn, msg: pb.GenerateRequest) -> None:
-    for name in ("temperature", "top_p", "repetition_penalty"):
+    for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_p"):
         if draw(st.booleans()):
             setattr(msg.sampling, name, draw(floats))
     if draw(st.booleans()):
