@@ -114,21 +114,33 @@ def mask_stop_tokens(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]
 
 
 def top_k_top_p(logits: torch.Tensor, opts: list[SamplingOptions]) -> torch.Tensor:
-    """Top-k (ties at the k-th value kept), then top-p over the survivors' softmax (the top token always kept)."""
+    """Top-k, then top-p over the survivors' softmax, both as value floors so that tied tokens share one fate."""
     vocab = logits.shape[1]
     top_ks = [min(o.top_k, vocab) or vocab for o in opts]  # no top-k: k = V keeps everything
-    k = _index(top_ks, logits.device)[:, None]
-    if all(o.top_p >= 1.0 for o in opts):  # top-k only: a partial top-k beats sorting the vocabulary
-        largest = torch.topk(logits, max(top_ks), dim=-1).values
-        return logits.masked_fill(logits < largest.gather(1, k - 1), _NEG_INF)
-    top_p = _rows_tensor([[o.top_p] for o in opts], torch.float32, logits.device)
-    ordered, order = torch.sort(logits, dim=-1, descending=True)
-    ordered = ordered.masked_fill(ordered < ordered.gather(1, k - 1), _NEG_INF)
-    probs = torch.softmax(ordered, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of all higher-ranked tokens
-    drop = mass_before >= top_p
-    drop[:, 0] = False  # the top token always stays
-    return torch.empty_like(logits).scatter_(1, order, ordered.masked_fill(drop, _NEG_INF))
+    if all(o.top_k > 0 for o in opts):  # the candidates fit in a partial top-k: no sort of the vocabulary
+        ordered = torch.topk(logits, max(top_ks), dim=-1).values
+    else:
+        ordered = torch.sort(logits, dim=-1, descending=True).values
+    floor = ordered.gather(1, _index(top_ks, logits.device)[:, None] - 1)  # [F, 1]: the k-th largest value
+    if any(o.top_p < 1.0 for o in opts):
+        top_p = _rows_tensor([[o.top_p] for o in opts], torch.float32, logits.device)
+        floor = torch.maximum(floor, _top_p_floor(logits, ordered, floor, top_p))
+    return logits.masked_fill(logits < floor, _NEG_INF)
+
+
+def _top_p_floor(logits: torch.Tensor, ordered: torch.Tensor, floor: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[F, 1]: the lowest value top-p keeps; a token stays while the mass of strictly higher survivors is < p."""
+    # The normaliser runs over the whole row: survivors tied at the floor may lie beyond a partial top-k.
+    log_norm = torch.logsumexp(logits.masked_fill(logits < floor, _NEG_INF), dim=-1, keepdim=True)
+    probs = torch.exp(ordered - log_norm).masked_fill(ordered < floor, 0.0)
+    before = torch.cumsum(probs, dim=-1) - probs
+    # Within a run of equal values every token sees the mass above the run's first token.
+    run_start = torch.ones_like(ordered, dtype=torch.bool)
+    run_start[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    above = torch.cummax(torch.where(run_start, before, 0.0), dim=-1).values
+    keep = above < top_p
+    keep[:, 0] = True  # the top token always stays (top_p 0 too)
+    return ordered.gather(1, keep.sum(dim=-1, keepdim=True) - 1)  # `above` only grows: keep is a prefix
 
 
 def min_p_filter(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

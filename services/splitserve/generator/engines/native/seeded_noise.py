@@ -1,8 +1,8 @@
 """Counter-based Gumbel noise: a pure function of (seed, output position, token id), the same bits on CPU and CUDA.
 
-Only int64 tensor ops whose intermediates stay below 2**49 (no overflow, no unsigned types), each masked back to
-32 bits, so every backend computes identical integers. The same functions accept plain Python ints, which is
-how the tests check them.
+Only int64 tensor ops whose products stay within +-2**63 (no overflow, no unsigned types), each masked back to
+32 bits (two's complement `&`), so every backend, CUDA included, computes identical integers. The same
+functions accept plain Python ints, which is how the tests check them.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ IntLike = TypeVar("IntLike", int, torch.Tensor)
 
 
 def mul32(x: IntLike, c: int) -> IntLike:
-    """(x * c) mod 2**32 for 0 <= x < 2**32, split in 16-bit halves of `c` so int64 never overflows."""
-    c_lo, c_hi = c & 0xFFFF, c >> 16
-    return (x * c_lo + (((x * c_hi) & 0xFFFF) << 16)) & MASK32
+    """(x * c) mod 2**32 for 0 <= x < 2**32: c above 2**31 is taken as c - 2**32 (same residue), so |x * c| < 2**63."""
+    signed = c - (1 << 32) if c >= 1 << 31 else c
+    return (x * signed) & MASK32
 
 
 def lowbias32(x: IntLike) -> IntLike:
