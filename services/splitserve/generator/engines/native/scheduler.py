@@ -1,7 +1,6 @@
 """Continuous batching for the native engine: decodes first, chunked prefill, preemption by recompute, aborts.
 
-Plain Python (no torch), O(batch) per step. The engine alternates schedule() and update(); the outputs'
-properties describe a step only until its update() appends the sampled tokens.
+Plain Python (no torch), O(batch) per step. The engine alternates schedule() and update().
 """
 
 from __future__ import annotations
@@ -21,11 +20,16 @@ class ScheduledChunk:
     seq: Sequence
     start: int  # seq.num_computed_tokens when scheduled
     num_tokens: int
+    # Fixed when scheduled: update() appends the sampled token, which moves seq.num_tokens on.
+    _samples: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_samples", self.start + self.num_tokens == self.seq.num_tokens)
 
     @property
     def samples(self) -> bool:
-        # Read it before update(): appending the sampled token moves seq.num_tokens on.
-        return self.start + self.num_tokens == self.seq.num_tokens
+        """Whether a token is sampled after this chunk (it ends at the sequence's last token)."""
+        return self._samples
 
 
 @dataclass
@@ -99,10 +103,10 @@ class Scheduler:
         next_sampled = iter(sampled)
         finished: list[Sequence] = []
         for chunk in output.chunks:
-            seq, samples = chunk.seq, chunk.samples
+            seq = chunk.seq
             seq.num_computed_tokens += chunk.num_tokens
             self.block_manager.cache_full_blocks(seq)
-            if samples and seq.append_token(next(next_sampled)):
+            if chunk.samples and seq.append_token(next(next_sampled)):
                 finished.append(seq)
         for seq in finished:
             self._finish(seq)
