@@ -33,6 +33,10 @@ class GeneratorConfig:
     engine_dir: str | None = None  # trtllm-engine: the prebuilt engine dir (model_path gives the tokenizer)
     tensor_parallel_size: int = 1  # trtllm: GPUs per replica (trtllm-engine takes it from the engine)
     kv_cache_free_gpu_memory_fraction: float = 0.9  # TensorRT-LLM engines: share of free GPU memory for KV
+    kv_cache_memory_fraction: float | None = None  # native engine on CUDA: size the KV cache from free memory
+    attention_backend: str = "auto"  # native engine: auto (triton on CUDA, torch elsewhere), triton, torch
+    cuda_graphs: bool = True  # native engine on CUDA: capture decode steps
+    enable_prefix_caching: bool = True  # native engine: share full KV blocks between equal prompt prefixes
     max_receive_message_bytes: int = 16 * 1024 * 1024  # larger requests: RESOURCE_EXHAUSTED from gRPC itself
     max_concurrent_streams: int = 0  # per connection (HTTP/2); 0 keeps gRPC's default, no limit
     tls_cert: str | None = None  # PEM files; with tls_client_ca only tokenizer tiers with a client cert connect
@@ -70,7 +74,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-free-gpu-memory-fraction", type=float,
                         default=d.kv_cache_free_gpu_memory_fraction,
                         help="TensorRT-LLM engines: share of free GPU memory the KV cache takes")
+    _add_native_arguments(parser, d)
     add_server_security_arguments(parser, d.max_receive_message_bytes, d.max_concurrent_streams)
+
+
+def _add_native_arguments(parser: argparse.ArgumentParser, d: GeneratorConfig) -> None:
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=d.kv_cache_memory_fraction,
+                        help="native engine on CUDA: give the KV cache this share of the GPU memory free after "
+                             "loading the weights (instead of --kv-cache-tokens)")
+    parser.add_argument("--attention-backend", default=d.attention_backend, choices=["auto", "triton", "torch"],
+                        help="native engine: paged-attention kernels (auto: triton on CUDA, torch elsewhere)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="native engine: run decode steps eagerly on CUDA")
+    parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="native engine: do not share KV blocks between requests with a common prefix")
 
 
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
@@ -85,6 +102,8 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
         kv_page_size=args.kv_page_size, max_batch_tokens=args.max_batch_tokens, grace_seconds=args.grace_seconds,
         engine_dir=args.engine_dir, tensor_parallel_size=args.tensor_parallel_size,
         kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+        kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
+        cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
         max_receive_message_bytes=args.max_receive_message_bytes, max_concurrent_streams=args.max_concurrent_streams,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
     )
@@ -105,5 +124,8 @@ def check(config: GeneratorConfig) -> None:
         raise ValueError("--engine-process serves the torch and bench engines (TensorRT-LLM runs its own workers)")
     if config.tensor_parallel_size < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
+    fraction = config.kv_cache_memory_fraction
+    if fraction is not None and not 0 < fraction < 1:
+        raise ValueError("--kv-cache-memory-fraction must be in (0, 1)")
     if not 0 < config.kv_cache_free_gpu_memory_fraction <= 1:
         raise ValueError("--kv-cache-free-gpu-memory-fraction must be in (0, 1]")

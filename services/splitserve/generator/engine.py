@@ -15,7 +15,7 @@ from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig
 
-ENGINE_NAMES = ("torch", "trtllm", "trtllm-engine", "bench")
+ENGINE_NAMES = ("native", "torch", "trtllm", "trtllm-engine", "bench")
 
 
 class Engine(Protocol):
@@ -47,6 +47,10 @@ def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
         from splitserve.generator.engine_process import EngineProcess
 
         return EngineProcess(config, on_health)
+    if config.engine == "native":
+        from splitserve.generator.engines.native.engine import NativeEngine
+
+        return NativeEngine(config, on_health)
     if config.engine == "torch":
         from splitserve.generator.engines.torch_engine import TorchEngine
 

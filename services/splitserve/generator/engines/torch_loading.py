@@ -6,8 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+
+from splitserve.generator.engines.model_folder import eos_ids, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig
@@ -47,18 +48,6 @@ class LoadedModel:
                                                    continuous_batching_config=batching)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def load_model(config: GeneratorConfig) -> LoadedModel:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -66,17 +55,5 @@ def load_model(config: GeneratorConfig) -> LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=dtype)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() too narrowly
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-    return LoadedModel(model, model.get_input_embeddings().num_embeddings, eos_ids(model, tokenizer))
-
-
-def eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    """EOS ids from the generation config, the model config and the tokenizer, in that order."""
-    found: list[int] = []
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        for token_id in value if isinstance(value, list) else [value]:
-            if isinstance(token_id, int) and token_id >= 0 and token_id not in found:
-                found.append(token_id)
-    if not found:
-        raise ValueError("the model defines no EOS token id")
-    return tuple(found)
+    eos = eos_ids(getattr(model, "generation_config", None), model.config, tokenizer)
+    return LoadedModel(model, model.get_input_embeddings().num_embeddings, eos)

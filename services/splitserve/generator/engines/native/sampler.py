@@ -36,6 +36,9 @@ class Sampler:
         self.vocab_size = vocab_size
         self.device = device
         self._token_keys = token_keys(vocab_size, device)  # [V]: the token half of every noise counter
+        # Eager, the hash is ~30 passes over [B, V] int64 (2.4 ms at B=256, V=128256 on an H200); compiled it is one
+        # fused kernel (0.14 ms) with the same integer ops. CPU stays eager: no compiler needed, and B is small there.
+        self._gumbel_argmax = torch.compile(gumbel_argmax, dynamic=True) if device.type == "cuda" else gumbel_argmax
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         logits = logits[:, : self.vocab_size]  # a padded lm_head's extra columns are never sampled
@@ -80,7 +83,7 @@ class Sampler:
             logits = _on_rows(logits, filtered, lambda x: top_k_top_p(x, [opts[i] for i in filtered]))
         if any(o.min_p > 0.0 for o in opts):
             logits = min_p_filter(logits, params[:, 1:2])
-        return gumbel_argmax(logits, counters[:, 0], counters[:, 1], counters[:, 2], self._token_keys)
+        return self._gumbel_argmax(logits, counters[:, 0], counters[:, 1], counters[:, 2], self._token_keys)
 
 
 def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -133,14 +136,11 @@ def _top_p_floor(logits: torch.Tensor, ordered: torch.Tensor, floor: torch.Tenso
     # The normaliser runs over the whole row: survivors tied at the floor may lie beyond a partial top-k.
     log_norm = torch.logsumexp(logits.masked_fill(logits < floor, _NEG_INF), dim=-1, keepdim=True)
     probs = torch.exp(ordered - log_norm).masked_fill(ordered < floor, 0.0)
-    before = torch.cumsum(probs, dim=-1) - probs
-    # Within a run of equal values every token sees the mass above the run's first token.
-    run_start = torch.ones_like(ordered, dtype=torch.bool)
-    run_start[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    above = torch.cummax(torch.where(run_start, before, 0.0), dim=-1).values
-    keep = above < top_p
-    keep[:, 0] = True  # the top token always stays (top_p 0 too)
-    return ordered.gather(1, keep.sum(dim=-1, keepdim=True) - 1)  # `above` only grows: keep is a prefix
+    before = torch.cumsum(probs, dim=-1) - probs  # the mass ranked above each candidate, nondecreasing
+    # The last candidate with mass above < p starts or continues the last kept run of equal values, so its value
+    # is the floor; masking by value then keeps all of that run (ties share one fate). At least the top stays.
+    num_kept = (before < top_p).sum(dim=-1, keepdim=True).clamp_(min=1)
+    return ordered.gather(1, num_kept - 1)
 
 
 def min_p_filter(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
@@ -168,8 +168,11 @@ def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torc
 
 
 def _rows_tensor(values: list[list[float]] | list[list[int]], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    # Pinned: a copy from pageable memory waits for the work already queued on the stream (a hidden host sync).
+    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)
 
 
 def _index(values: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
+    host = torch.tensor(values, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)

@@ -167,6 +167,10 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, budget: int) -> ScheduledChunk | None:
         block_manager = self.block_manager
+        # Even a full prefix hit leaves a token to compute in a fresh block; checking that first spares a
+        # blocked head the rehashing of its prompt every step while the cache is full.
+        if block_manager.num_free_blocks == 0:
+            return None
         cached = block_manager.match_prefix(seq)
         start = len(cached) * block_manager.block_size
         # Chunked prefill: a prompt longer than the budget left runs over several steps.

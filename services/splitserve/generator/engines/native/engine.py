@@ -1,0 +1,166 @@
+"""Engine "native": our paged-KV continuous-batching engine behind the generator's Engine protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+from splitserve.common.errors import EngineUnavailable, Overloaded
+from splitserve.generator.engine import HealthListener
+from splitserve.generator.engines.model_folder import eos_ids_of_folder
+from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
+from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
+from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
+from splitserve.generator.finish import stop_reason
+from splitserve.generator.types import (
+    EngineCapabilities,
+    EngineInfo,
+    EngineLoad,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+    TokenOutput,
+)
+
+if TYPE_CHECKING:
+    from splitserve.generator.config import GeneratorConfig
+
+MAX_TOP_LOGPROBS = 20
+CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, presence_penalty=True, frequency_penalty=True,
+                                  min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS)
+
+
+class NativeEngine:
+    """Paged KV cache, chunked prefill, prefix caching, CUDA graphs and full sampling in plain PyTorch."""
+
+    def __init__(self, config: GeneratorConfig, on_health: HealthListener) -> None:
+        self._config = config
+        self._on_health = on_health
+        self._device: DeviceSide | None = None
+        self._loop_thread: StepLoop | None = None
+        self._eos_ids: tuple[int, ...] = ()
+        self._ids = itertools.count(1)
+        self._in_flight = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._device is None:
+            raise RuntimeError("engine not started")
+        cfg = self._config
+        return EngineInfo(
+            model_name=cfg.model_name, engine="native", vocab_size=self._device.config.vocab_size,
+            eos_token_ids=self._eos_ids, max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens,
+            max_new_tokens=cfg.max_new_tokens, default_max_new_tokens=cfg.default_max_new_tokens,
+            max_batch_size=cfg.max_batch_size, capabilities=CAPABILITIES,
+        )
+
+    @property
+    def restarts(self) -> int:
+        return self._loop_thread.restarts if self._loop_thread is not None else 0
+
+    async def start(self) -> None:
+        self._eos_ids = await asyncio.to_thread(eos_ids_of_folder, self._config.model_path)
+        self._device = await asyncio.to_thread(build_device_side, self._config)
+        await asyncio.to_thread(self._device.runner.capture_graphs)
+        cfg, device = self._config, self._device
+        limits = SchedulerLimits(device.num_blocks, device.block_size, cfg.max_batch_size, cfg.max_batch_tokens,
+                                 cfg.enable_prefix_caching)
+        self._loop_thread = StepLoop(device.runner, limits, asyncio.get_running_loop(), self._on_health)
+        self._loop_thread.start()
+        async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], max_new_tokens=2)):
+            pass
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        loop_thread = self._running_loop()
+        self._admit()
+        seq = self._sequence(request)
+        queue: asyncio.Queue[Emitted | BaseException] = asyncio.Queue()
+        self._in_flight += 1
+        finished = False
+        try:
+            loop_thread.submit(seq, queue.put_nowait)
+            while not finished:
+                tokens, finished = await _next_tokens(queue)
+                if finished:
+                    yield self._final_chunk(tokens, seq, request)
+                else:
+                    yield GenerationChunk(tokens)
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                loop_thread.abort(seq.seq_id)
+
+    def load(self) -> EngineLoad:
+        loop_thread = self._loop_thread
+        if loop_thread is None:
+            return EngineLoad(0, 0, 0.0, self._config.max_batch_size)
+        scheduler = loop_thread.scheduler
+        return EngineLoad(queued_requests=scheduler.num_waiting + loop_thread.num_inbox,
+                          running_requests=scheduler.num_running,
+                          cache_utilization=scheduler.block_manager.usage, max_batch_size=self._config.max_batch_size)
+
+    async def stop(self) -> None:
+        loop_thread, self._loop_thread = self._loop_thread, None
+        if loop_thread is not None:
+            await asyncio.to_thread(loop_thread.stop)
+            loop_thread.fail_all(EngineUnavailable("generator is shutting down"))
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def _running_loop(self) -> StepLoop:
+        if self._loop_thread is None:
+            raise EngineUnavailable("engine is not running (starting or stopping)")
+        return self._loop_thread
+
+    def _admit(self) -> None:
+        limit = self._config.max_batch_size + self._config.max_queued_requests
+        if self._in_flight >= limit:
+            raise Overloaded(f"generator queue is full ({limit} requests in flight); retry later")
+
+    def _sequence(self, request: GenerationRequest) -> Sequence:
+        stops = set(request.stop_token_ids) if request.ignore_eos else {*self._eos_ids, *request.stop_token_ids}
+        assert request.max_new_tokens is not None  # validation fills the default in
+        return Sequence(seq_id=next(self._ids), token_ids=list(request.prompt_token_ids),
+                        num_prompt_tokens=len(request.prompt_token_ids), max_new_tokens=request.max_new_tokens,
+                        stop_token_ids=frozenset(stops), sampling=sampling_options(request))
+
+    def _final_chunk(self, tokens: list[TokenOutput], seq: Sequence, request: GenerationRequest) -> GenerationChunk:
+        last = seq.token_ids[-1] if seq.num_output_tokens else None
+        reason, stop_id = stop_reason(last, request, self._eos_ids, FinishReason.LENGTH)
+        seed = None if seq.sampling.is_greedy else seq.sampling.seed
+        return GenerationChunk(tokens, reason, stop_id, seq.num_prompt_tokens, seq.num_output_tokens, seed,
+                               num_cached_prompt_tokens=seq.num_cached_prompt_tokens)
+
+
+def sampling_options(request: GenerationRequest) -> SamplingOptions:
+    """The request's knobs with neutral values for "off"; a sampled request without a seed gets a random one."""
+    s: SamplingParams = request.sampling
+    greedy = s.is_greedy
+    seed = s.seed if s.seed is not None else (0 if greedy else secrets.randbits(63))
+    return SamplingOptions(
+        temperature=0.0 if greedy else float(s.temperature or 0.0), top_k=s.top_k or 0,
+        top_p=1.0 if s.top_p is None else s.top_p, min_p=s.min_p or 0.0,
+        repetition_penalty=1.0 if s.repetition_penalty is None else s.repetition_penalty,
+        presence_penalty=s.presence_penalty or 0.0, frequency_penalty=s.frequency_penalty or 0.0, seed=seed,
+        min_new_tokens=request.min_new_tokens, logprobs=request.logprobs or request.top_logprobs > 0,
+        top_logprobs=request.top_logprobs,
+    )
+
+
+async def _next_tokens(queue: asyncio.Queue[Emitted | BaseException]) -> tuple[list[TokenOutput], bool]:
+    """Waits for one token, then takes every token already queued (a slow reader gets them together)."""
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    tokens: list[TokenOutput] = []
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+        tokens.append(item.token)
+        if item.finished:
+            return tokens, True
+    return tokens, False
