@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -35,6 +36,7 @@ class Sampler:
     def __init__(self, vocab_size: int, device: torch.device) -> None:
         self.vocab_size = vocab_size
         self.device = device
+        self._prompts: WeakKeyDictionary[Sequence, torch.Tensor] = WeakKeyDictionary()  # dropped with the sequence
         self._token_keys = token_keys(vocab_size, device)  # [V]: the token half of every noise counter
         # Eager, the hash is ~30 passes over [B, V] int64 (2.4 ms at B=256, V=128256 on an H200); compiled it is one
         # fused kernel (0.14 ms) with the same integer ops. CPU stays eager: no compiler needed, and B is small there.
@@ -55,11 +57,20 @@ class Sampler:
         logits = logits.float()
         raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None
         if penalized:
-            logits = _on_rows(logits, penalized, lambda x: apply_penalties(x, [seqs[i] for i in penalized]))
+            rows = [seqs[i] for i in penalized]
+            prompts = [self._prompt_ids(seq) for seq in rows]
+            logits = _on_rows(logits, penalized, lambda x: apply_penalties(x, rows, prompts))
         if masked:
             logits = mask_stop_tokens(logits, [seqs[i] for i in masked], masked)
         token_ids = self._choose(logits, seqs, sampled)
         return _with_logprobs(token_ids, raw_logprobs, num_top)
+
+    def _prompt_ids(self, seq: Sequence) -> torch.Tensor:
+        """The prompt's ids on the device, sent once per sequence (they never change; outputs are sent each step)."""
+        ids = self._prompts.get(seq)
+        if ids is None:
+            ids = self._prompts[seq] = _index(seq.token_ids[: seq.num_prompt_tokens], self.device)
+        return ids
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence], sampled: list[int]) -> torch.Tensor:
         """[B] ids: argmax for greedy rows, seeded sampling for the `sampled` rows."""
@@ -86,19 +97,24 @@ class Sampler:
         return self._gumbel_argmax(logits, counters[:, 0], counters[:, 1], counters[:, 2], self._token_keys)
 
 
-def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    """Repetition (HF rule, prompt and output tokens), then presence and frequency (OpenAI rule, output tokens)."""
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence], prompts: list[torch.Tensor] | None = None,
+                    ) -> torch.Tensor:
+    """Repetition (HF rule, prompt and output tokens), then presence and frequency (OpenAI rule, output tokens).
+
+    `prompts`: each row's prompt ids on the device (the Sampler caches them); built here when not given.
+    """
     num_rows, vocab = logits.shape
     opts = [seq.sampling for seq in seqs]
     params = _rows_tensor([[o.repetition_penalty, o.presence_penalty, o.frequency_penalty] for o in opts],
                           torch.float32, logits.device)
+    if prompts is None:
+        prompts = [_index(seq.token_ids[: seq.num_prompt_tokens], logits.device) for seq in seqs]
     # Prompt tokens only matter to the repetition penalty: skip them for rows without one.
-    prompts = [seq.token_ids[: seq.num_prompt_tokens] if o.repetition_penalty != 1.0 else [] for seq, o in
-               zip(seqs, opts, strict=True)]
+    prompts = [ids if o.repetition_penalty != 1.0 else ids[:0] for ids, o in zip(prompts, opts, strict=True)]
     outputs = [seq.output_token_ids for seq in seqs]
     num_output = sum(len(ids) for ids in outputs)
-    tokens = _index(list(chain(*outputs, *prompts)), logits.device)
-    lengths = _index([len(ids) for ids in outputs + prompts], logits.device)
+    tokens = torch.cat([_index(list(chain(*outputs)), logits.device), *prompts])
+    lengths = _index([len(ids) for ids in outputs] + [ids.shape[0] for ids in prompts], logits.device)
     rows = torch.arange(num_rows, device=logits.device).repeat(2)
     flat = torch.repeat_interleave(rows, lengths, output_size=tokens.shape[0]) * vocab + tokens
     counts = torch.zeros(num_rows * vocab, device=logits.device)
