@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from splitserve.common.errors import EngineUnavailable
+from splitserve.common.errors import EngineUnavailable, InvalidRequest
 from splitserve.generator.engines.native.block_manager import BlockManager
 from splitserve.generator.engines.native.model_runner import ModelRunner, StepSamples
 from splitserve.generator.engines.native.scheduler import Scheduler, SchedulerOutput
@@ -63,6 +63,7 @@ class StepLoop:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="native-engine", daemon=True)
         self.restarts = 0
+        self.preemptions = 0
 
     @property
     def num_inbox(self) -> int:
@@ -110,6 +111,9 @@ class StepLoop:
 
     def _step(self) -> None:
         output = self.scheduler.schedule()
+        if output.aborted:
+            self._refuse_dropped(output)
+        self.preemptions += len(output.preempted)
         if not output.chunks:
             return
         samples = self._runner.execute(output)
@@ -127,6 +131,18 @@ class StepLoop:
             batch.append((entry[1], Emitted(_token(seq, samples, i), done)))
             if done:
                 del self._sinks[seq.seq_id]
+        if batch:
+            self._loop.call_soon_threadsafe(_hand_over, batch)
+
+    def _refuse_dropped(self, output: SchedulerOutput) -> None:
+        """Sequences the scheduler dropped while their stream is open can never fit the cache: refuse them."""
+        batch: list[tuple[Sink, Emitted | BaseException]] = []
+        for seq in output.aborted:
+            entry = self._sinks.pop(seq.seq_id, None)
+            if entry is not None:
+                batch.append((entry[1], InvalidRequest(
+                    f"request needs {seq.num_tokens} tokens of KV cache, over the cache's "
+                    f"{self._limits.num_blocks * self._limits.block_size}")))
         if batch:
             self._loop.call_soon_threadsafe(_hand_over, batch)
 
