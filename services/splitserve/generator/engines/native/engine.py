@@ -71,8 +71,9 @@ class NativeEngine:
                                  cfg.enable_prefix_caching)
         self._loop_thread = StepLoop(device.runner, limits, asyncio.get_running_loop(), self._on_health)
         self._loop_thread.start()
-        async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], max_new_tokens=2)):
-            pass
+        for sampling in (SamplingParams(), SamplingParams(temperature=1.0, top_p=0.9, seed=0)):  # the latter compiles
+            async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], sampling, max_new_tokens=2)):
+                pass
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         loop_thread = self._running_loop()
