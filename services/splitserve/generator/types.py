@@ -98,6 +98,12 @@ class EngineInfo:
     default_max_new_tokens: int
     max_batch_size: int
     capabilities: EngineCapabilities
+    engine_version: str = ""  # e.g. "TensorRT-LLM 1.2.1": what a capability depends on, named in refusals
+
+    @property
+    def engine_label(self) -> str:
+        """The engine as refusals name it: `'trtllm' (TensorRT-LLM 1.2.1)`."""
+        return f"{self.engine!r} ({self.engine_version})" if self.engine_version else repr(self.engine)
 
 
 @dataclass(frozen=True)

@@ -89,19 +89,19 @@ def _check_sampling_support(sampling: SamplingParams, info: EngineInfo) -> None:
     _require(sampling.frequency_penalty not in (None, 0.0), caps.frequency_penalty, "frequency_penalty", info)
     _require(sampling.min_p not in (None, 0.0), caps.min_p, "min_p", info)
     if sampling.seed is not None and not sampling.is_greedy and not caps.seed:
-        raise InvalidRequest(f"engine {info.engine!r} does not support per-request seeds for sampling")
+        raise InvalidRequest(f"engine {info.engine_label} does not support per-request seeds for sampling")
 
 
 def _require(used: bool, supported: bool, feature: str, info: EngineInfo) -> None:
     if used and not supported:
-        raise InvalidRequest(f"engine {info.engine!r} does not support {feature}")
+        raise InvalidRequest(f"engine {info.engine_label} does not support {feature}")
 
 
 def _check_stopping(request: GenerationRequest, info: EngineInfo, max_new: int) -> None:
     if request.min_new_tokens < 0 or request.min_new_tokens > max_new:
         raise InvalidRequest(f"min_new_tokens={request.min_new_tokens} must be between 0 and max_new_tokens={max_new}")
     if request.min_new_tokens and not info.capabilities.min_new_tokens:
-        raise InvalidRequest(f"engine {info.engine!r} does not support min_new_tokens")
+        raise InvalidRequest(f"engine {info.engine_label} does not support min_new_tokens")
     if len(request.stop_token_ids) > MAX_STOP_TOKEN_IDS:  # each one is checked at every decode step
         raise InvalidRequest(f"{len(request.stop_token_ids)} stop token ids, over the limit "
                              f"max_stop_token_ids={MAX_STOP_TOKEN_IDS}")
@@ -113,9 +113,9 @@ def _check_stopping(request: GenerationRequest, info: EngineInfo, max_new: int) 
 def _check_outputs(request: GenerationRequest, info: EngineInfo) -> None:
     caps = info.capabilities
     if request.logprobs and not caps.logprobs:
-        raise InvalidRequest(f"engine {info.engine!r} does not return logprobs")
+        raise InvalidRequest(f"engine {info.engine_label} does not return logprobs")
     if request.top_logprobs > caps.max_top_logprobs:
         raise InvalidRequest(
             f"top_logprobs={request.top_logprobs} is over the limit max_top_logprobs={caps.max_top_logprobs} "
-            f"of engine {info.engine!r}"
+            f"of engine {info.engine_label}"
         )

@@ -24,6 +24,7 @@ from splitserve.generator.engines.trtllm_common import (
     require_tensorrt_llm,
 )
 from splitserve.generator.engines.trtllm_limits import check_request, read_engine_limits
+from splitserve.generator.engines.trtllm_versions import installed_version
 from splitserve.generator.types import (
     EngineCapabilities,
     EngineInfo,
@@ -60,6 +61,7 @@ class TrtllmEngineDirEngine:
         self._limits = read_engine_limits(config.engine_dir)
         self._facts: ModelFacts | None = None
         self._backend: _Backend | None = None
+        self._version = "unknown"
         self._admission = Admission(self._limits.max_batch_size, config.max_queued_requests)
 
     @property
@@ -75,10 +77,12 @@ class TrtllmEngineDirEngine:
             max_input_tokens=limits.max_input_len, max_total_tokens=limits.max_seq_len,
             max_new_tokens=max_new, default_max_new_tokens=min(cfg.default_max_new_tokens, max_new),
             max_batch_size=limits.max_batch_size, capabilities=self._backend.capabilities,
+            engine_version=f"TensorRT-LLM {self._version}",
         )
 
     async def start(self) -> None:
         self._facts = await asyncio.to_thread(read_model_facts, self._config.model_path)
+        self._version = installed_version(import_trtllm("tensorrt_llm"))
         self._backend = self._choose_backend(self._facts)
         await self._backend.start()
         warm = GenerationRequest("warm-up", [self._facts.end_id], max_new_tokens=2)

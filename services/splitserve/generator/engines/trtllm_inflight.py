@@ -43,6 +43,11 @@ _FINISH_NAMES = {"LENGTH": FinishReason.LENGTH, "CANCELLED": FinishReason.CANCEL
                  "TIMED_OUT": FinishReason.CANCELLED, "NOT_FINISHED": FinishReason.LENGTH}
 
 
+def runner_executor(runner: Any) -> Any:
+    """The Executor a ModelRunnerCpp wraps: 1.2.1 keeps it in `.session` and has no `.executor` attribute."""
+    return runner.session
+
+
 def load_runner(config: GeneratorConfig, rank: int) -> Any:
     """ModelRunnerCpp on this rank's GPU; every rank of a tensor-parallel engine must load it."""
     runtime = import_trtllm("tensorrt_llm.runtime")
@@ -69,7 +74,7 @@ class ExecutorBackend:
 
     async def start(self) -> None:
         self._runner = await asyncio.to_thread(load_runner, self._config, mpi_rank())
-        self._executor = self._runner.executor
+        self._executor = runner_executor(self._runner)
         self._bindings = import_trtllm("tensorrt_llm.bindings.executor")
         self._poller = ResponsePoller(self._executor, asyncio.get_running_loop(), self._failed)
         self._poller.start()

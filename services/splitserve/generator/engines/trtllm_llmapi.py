@@ -4,8 +4,9 @@ TensorRT-LLM runs without its tokenizer (`skip_tokenizer_init=True`, `detokenize
 tokenizer tier owns text, so end/pad ids come from the model folder. Facts this adapter relies on:
 - `generate_async(..., streaming=True)` yields outputs whose `token_ids_diff` may hold several tokens;
 - leaving the `async for` does not abort the request: `abort()` is called when our stream closes;
-- failures surface as ValueError (prompt too long, bad params), RequestError (one request failed)
-  and RuntimeError("LLM is shutting down").
+- failures surface as ValueError (bad params), RequestError (a prompt over max_num_tokens, or one
+  request failed in the engine: trtllm_errors.py tells them apart) and RuntimeError("LLM is shutting down");
+- what its sampler honours depends on the release (trtllm_versions.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from splitserve.common.errors import EngineUnavailable, InvalidRequest, RequestError
+from splitserve.common.errors import EngineUnavailable, RequestError
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engines.trtllm_common import (
     Admission,
@@ -27,7 +28,9 @@ from splitserve.generator.engines.trtllm_common import (
     require_tensorrt_llm,
     stop_reason_of,
 )
+from splitserve.generator.engines.trtllm_errors import is_engine_fault, llmapi_error
 from splitserve.generator.engines.trtllm_sampling import llmapi_kwargs
+from splitserve.generator.engines.trtllm_versions import installed_version, llmapi_capabilities
 from splitserve.generator.types import (
     EngineCapabilities,
     EngineInfo,
@@ -43,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, min_new_tokens=True, logprobs=True)
-
 
 class TrtllmLlmApiEngine:
     """TensorRT-LLM's LLM API behind the engine interface."""
@@ -56,6 +57,8 @@ class TrtllmLlmApiEngine:
         self._facts: ModelFacts | None = None
         self._llmapi: ModuleType | None = None
         self._llm: Any = None
+        self._version = "unknown"
+        self._capabilities = EngineCapabilities()
         self._admission = Admission(config.max_batch_size, config.max_queued_requests)
         self._held_tokens = 0
 
@@ -69,12 +72,14 @@ class TrtllmLlmApiEngine:
             eos_token_ids=self._facts.eos_token_ids, max_input_tokens=cfg.max_input_tokens,
             max_total_tokens=cfg.max_total_tokens, max_new_tokens=cfg.max_new_tokens,
             default_max_new_tokens=cfg.default_max_new_tokens, max_batch_size=cfg.max_batch_size,
-            capabilities=CAPABILITIES,
+            capabilities=self._capabilities, engine_version=f"TensorRT-LLM {self._version}",
         )
 
     async def start(self) -> None:
         self._facts = await asyncio.to_thread(read_model_facts, self._config.model_path)
         self._llmapi = import_trtllm("tensorrt_llm.llmapi")
+        self._version = installed_version(import_trtllm("tensorrt_llm"))
+        self._capabilities = llmapi_capabilities(self._version)
         self._llm = await asyncio.to_thread(self._create_llm, self._llmapi)
         warm = GenerationRequest("warm-up", [self._facts.end_id], max_new_tokens=2)
         async for _ in self.generate(warm):
@@ -167,16 +172,11 @@ class TrtllmLlmApiEngine:
         return FinishReason.LENGTH, None
 
     def _request_error(self, error: Exception) -> RequestError:
-        if isinstance(error, RequestError):
-            return error
         request_error = getattr(self._llmapi, "RequestError", None)
-        if request_error is not None and isinstance(error, request_error):
-            return InvalidRequest(f"TensorRT-LLM refused the request: {error}")
-        if isinstance(error, ValueError):
-            return InvalidRequest(f"TensorRT-LLM refused the request: {error}")
-        if isinstance(error, RuntimeError) and "shutting down" in str(error):
-            return EngineUnavailable("generator is shutting down; retry on another replica")
-        return EngineUnavailable(f"engine failed the request: {error}")
+        if is_engine_fault(error, request_error):  # the LLM shuts itself down after these
+            log.error("TensorRT-LLM failed outside any one request: %r", error)
+            self._on_health(False)
+        return llmapi_error(error, request_error)
 
 
 def _logprob(logprobs: list[Any], index: int, token_id: int) -> float | None:

@@ -42,12 +42,12 @@ def run_worker_rank(config: GeneratorConfig) -> None:
     if config.engine != "trtllm-engine":
         raise RuntimeError(f"rank {mpi_rank()}: engine {config.engine!r} does not run under plain mpirun; "
                            "launch the trtllm engine with `mpirun -n N trtllm-llmapi-launch splitserve ...`")
-    from splitserve.generator.engines.trtllm_inflight import load_runner
+    from splitserve.generator.engines.trtllm_inflight import load_runner, runner_executor
 
     runner = load_runner(config, mpi_rank())
     log.info("rank %d of %d: serving as a tensor-parallel worker", mpi_rank(), mpi_world_size())
     # A worker's shutdown joins its execution loop, which ends when rank 0 shuts its Executor down.
-    runner.executor.shutdown()
+    runner_executor(runner).shutdown()
 
 
 def _first_int(names: tuple[str, ...], default: int) -> int:

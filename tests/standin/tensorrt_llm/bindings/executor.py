@@ -1,5 +1,7 @@
-"""STAND-IN for tensorrt_llm.bindings.executor: Executor, Request, SamplingConfig, responses.
+"""STAND-IN for tensorrt_llm.bindings.executor (1.2.1 C++ bindings): Executor, Request, SamplingConfig, responses.
 
+The real classes are C++ binding objects: they take keyword arguments of these names and refuse
+new attributes, so every class here has `__slots__`. Names starting with `standin_` are test hooks.
 Reproduces: enqueue_request returns an id; a background loop steps every request in flight
 (in-flight batching); await_responses(timeout=...) returns responses of all requests, routed by
 `request_id`; await_responses(id) on an exhausted id WITHOUT a timeout blocks forever; streaming
@@ -37,7 +39,7 @@ class ModelType(enum.Enum):
     DECODER_ONLY = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class SamplingConfig:
     beam_width: int = 1
     top_k: int | None = None
@@ -51,12 +53,13 @@ class SamplingConfig:
     min_p: float | None = None
     num_return_sequences: int | None = None
 
-    @property
-    def greedy(self) -> bool:
-        return self.top_k == 1 or (not self.top_k and not self.top_p)
 
 
-@dataclass
+def _samples_greedily(config: SamplingConfig) -> bool:
+    return config.top_k == 1 or (not config.top_k and not config.top_p)
+
+
+@dataclass(slots=True)
 class OutputConfig:
     return_log_probs: bool = False
     return_context_logits: bool = False
@@ -65,6 +68,18 @@ class OutputConfig:
 
 
 class Request:
+    __slots__ = (
+        "bad_words",
+        "end_id",
+        "input_token_ids",
+        "max_tokens",
+        "output_config",
+        "pad_id",
+        "sampling_config",
+        "stop_words",
+        "streaming",
+    )
+
     def __init__(self, input_token_ids: list[int], max_tokens: int, *, streaming: bool = False,
                  sampling_config: SamplingConfig | None = None, output_config: OutputConfig | None = None,
                  end_id: int | None = None, pad_id: int | None = None, stop_words: list[list[int]] | None = None,
@@ -78,7 +93,7 @@ class Request:
         self.stop_words, self.bad_words = stop_words, bad_words
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     is_final: bool
     output_token_ids: list[list[int]]
@@ -88,6 +103,8 @@ class Result:
 
 
 class Response:
+    __slots__ = ("error_msg", "request_id", "result")
+
     def __init__(self, request_id: int, result: Result | None = None, error_msg: str = "") -> None:
         self.request_id, self.result, self.error_msg = request_id, result, error_msg
 
@@ -95,14 +112,14 @@ class Response:
         return bool(self.error_msg)
 
 
-@dataclass
+@dataclass(slots=True)
 class ExecutorConfig:
     max_batch_size: int | None = None
     max_beam_width: int = 1
     kv_cache_free_gpu_memory_fraction: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Active:
     request: Request
     seq: ToySequence
@@ -111,6 +128,20 @@ class _Active:
 
 class Executor:
     """The toy model behind the Executor API, stepped by a background thread."""
+
+    __slots__ = (
+        "_active",
+        "_all",
+        "_by_id",
+        "_cv",
+        "_ids",
+        "_leader",
+        "_max_input_len",
+        "_shutdown",
+        "_thread",
+        "_vocab",
+        "standin_cancelled_ids",
+    )
 
     def __init__(self, model_path: str | Path, model_type: ModelType, executor_config: ExecutorConfig,
                  max_input_len: int = 1 << 30, leader: bool = True) -> None:
@@ -123,7 +154,7 @@ class Executor:
         self._by_id: dict[int, deque[Response]] = {}
         self._cv = threading.Condition()
         self._shutdown = False
-        self.cancelled_ids: list[int] = []
+        self.standin_cancelled_ids: list[int] = []
         self._thread = threading.Thread(target=self._loop, daemon=True, name="standin-executor")
         self._thread.start()
 
@@ -141,7 +172,7 @@ class Executor:
         sc = request.sampling_config
         stops = tuple(w[0] for w in request.stop_words or [] if len(w) == 1)
         seq = ToySequence(request.input_token_ids, self._vocab, -1 if request.end_id is None else request.end_id,
-                          request.max_tokens, sc.greedy, sc.seed, sc.min_tokens or 0, stops)
+                          request.max_tokens, _samples_greedily(sc), sc.seed, sc.min_tokens or 0, stops)
         with self._cv:
             self._active[request_id] = _Active(request, seq)
         return request_id
@@ -199,7 +230,7 @@ class Executor:
 
     def _step(self, request_id: int, entry: _Active) -> None:
         if entry.cancelled:
-            self.cancelled_ids.append(request_id)
+            self.standin_cancelled_ids.append(request_id)
             self._finish(request_id, [], FinishReason.CANCELLED, entry)
             return
         token = entry.seq.step()
@@ -222,6 +253,6 @@ class Executor:
         return Result(final, [new], [reason], logprobs)
 
     @property
-    def active_requests(self) -> int:
+    def standin_active_requests(self) -> int:
         with self._cv:
             return len(self._active)
