@@ -66,8 +66,8 @@ async def test_preemption_by_recompute_gives_the_same_tokens(model_dir: Path, re
 
 async def test_prefix_cache_hit_gives_the_same_tokens(engine: NativeEngine) -> None:
     shared = [t for p in PROMPTS[:4] for t in p] + PROMPTS[4]  # 37 tokens: two full blocks of 16
-    miss = await run(engine, shared + [11], 16)
-    hit = await run(engine, shared + [11], 16)
+    miss = await run(engine, [*shared, 11], 16)
+    hit = await run(engine, [*shared, 11], 16)
     assert miss.final is not None and hit.final is not None
     assert hit.final.num_cached_prompt_tokens == 32 and hit.token_ids == miss.token_ids
 

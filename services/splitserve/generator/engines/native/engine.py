@@ -132,7 +132,7 @@ class NativeEngine:
     def _final_chunk(self, tokens: list[TokenOutput], seq: Sequence, request: GenerationRequest) -> GenerationChunk:
         last = seq.token_ids[-1] if seq.num_output_tokens else None
         reason, stop_id = stop_reason(last, request, self._eos_ids, FinishReason.LENGTH)
-        seed = None if seq.sampling.is_greedy else seq.sampling.seed
+        seed = request.sampling.seed if seq.sampling.is_greedy else seq.sampling.seed  # the one drawn, if any
         return GenerationChunk(tokens, reason, stop_id, seq.num_prompt_tokens, seq.num_output_tokens, seed,
                                num_cached_prompt_tokens=seq.num_cached_prompt_tokens)
 

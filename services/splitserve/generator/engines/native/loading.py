@@ -14,6 +14,7 @@ from splitserve.generator.engines.native.layers import SINGLE_DEVICE, TensorPara
 from splitserve.generator.engines.native.model import DecoderModel
 from splitserve.generator.engines.native.model_config import ModelConfig
 from splitserve.generator.engines.native.model_runner import ModelRunner, allocate_kv_cache, kv_bytes_per_token
+from splitserve.generator.engines.native.ops import layer_ops
 from splitserve.generator.engines.native.weights import load_weights
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def build_device_side(config: GeneratorConfig, tp: TensorParallel = SINGLE_DEVIC
     log.info("native engine: loading %s (%s) on %s as %s", config.model_path, model_config.architecture, device, dtype)
     weights = load_weights(config.model_path, model_config, device, dtype, tp)
     model = DecoderModel(model_config, weights, attention_backend(config.attention_backend, device),
-                         config.max_total_tokens, tp)
+                         config.max_total_tokens, tp, layer_ops(device))
     block_size = config.kv_page_size
     num_blocks = _num_blocks(config, model, device)
     log.info("native engine: KV cache of %d blocks x %d tokens (%.2f GiB)", num_blocks, block_size,
@@ -79,6 +80,8 @@ def _device(config: GeneratorConfig, tp: TensorParallel) -> torch.device:
     if device.type == "cuda" and tp.size > 1:
         device = torch.device("cuda", tp.rank)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 
