@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
-from collections.abc import AsyncGenerator
+import signal
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 from splitserve.common.errors import EngineUnavailable, Overloaded
@@ -14,6 +16,11 @@ from splitserve.generator.engines.model_folder import eos_ids_of_folder
 from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
 from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
 from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
+from splitserve.generator.engines.native.tensor_parallel import (
+    RankGroup,
+    TensorParallelFailure,
+    check_tensor_parallel,
+)
 from splitserve.generator.finish import stop_reason
 from splitserve.generator.types import (
     EngineCapabilities,
@@ -29,17 +36,36 @@ from splitserve.generator.types import (
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig
 
+log = logging.getLogger(__name__)
+
 MAX_TOP_LOGPROBS = 20
 CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, presence_penalty=True, frequency_penalty=True,
                                   min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS)
 
 
-class NativeEngine:
-    """Paged KV cache, chunked prefill, prefix caching, CUDA graphs and full sampling in plain PyTorch."""
+def terminate_process() -> None:
+    """The default end of a failed tensor-parallel group: SIGTERM ourselves, so the generator drains and exits."""
+    signal.raise_signal(signal.SIGTERM)
 
-    def __init__(self, config: GeneratorConfig, on_health: HealthListener) -> None:
+
+class NativeEngine:
+    """Paged KV cache, chunked prefill, prefix caching, CUDA graphs and full sampling in plain PyTorch.
+
+    With tensor_parallel_size > 1 this process is rank 0 of a group of worker processes; if the group
+    fails, every stream ends with UNAVAILABLE, health stays NOT_SERVING, `on_fatal` runs (by default the
+    generator is sent SIGTERM) and `stop` raises TensorParallelFailure, so the process exits non-zero.
+    """
+
+    def __init__(self, config: GeneratorConfig, on_health: HealthListener,
+                 on_fatal: Callable[[], None] = terminate_process) -> None:
         self._config = config
         self._on_health = on_health
+        self._on_fatal = on_fatal
+        self._group: RankGroup | None = None
+        self._failure: str | None = None  # why the tensor-parallel group failed
+        self._serving = False
+        self._failing: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._device: DeviceSide | None = None
         self._loop_thread: StepLoop | None = None
         self._eos_ids: tuple[int, ...] = ()
@@ -63,17 +89,37 @@ class NativeEngine:
         return self._loop_thread.restarts if self._loop_thread is not None else 0
 
     async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._eos_ids = await asyncio.to_thread(eos_ids_of_folder, self._config.model_path)
-        self._device = await asyncio.to_thread(build_device_side, self._config)
+        self._device = await asyncio.to_thread(self._build_device_side)
         await asyncio.to_thread(self._device.runner.capture_graphs)
         cfg, device = self._config, self._device
         limits = SchedulerLimits(device.num_blocks, device.block_size, cfg.max_batch_size, cfg.max_batch_tokens,
                                  cfg.enable_prefix_caching)
-        self._loop_thread = StepLoop(device.runner, limits, asyncio.get_running_loop(), self._on_health)
+        self._loop_thread = StepLoop(device.runner, limits, self._event_loop, self._report_health)
         self._loop_thread.start()
+        try:
+            await self._warm_up()
+        except EngineUnavailable as error:
+            if self._failure is not None:
+                raise TensorParallelFailure(self._failure) from error
+            raise
+        self._serving = True
+
+    async def _warm_up(self) -> None:
         for sampling in (SamplingParams(), SamplingParams(temperature=1.0, top_p=0.9, seed=0)):  # the latter compiles
             async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], sampling, max_new_tokens=2)):
                 pass
+
+    def _build_device_side(self) -> DeviceSide:
+        """Rank 0's shard; under tensor parallelism the workers are started first and load theirs alongside."""
+        if self._config.tensor_parallel_size == 1:
+            return build_device_side(self._config)
+        check_tensor_parallel(self._config)
+        self._group = RankGroup.launch(self._config, self._group_failed)
+        device = build_device_side(self._config, self._group.tp, self._group)
+        self._group.wait_ready()
+        return device
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         loop_thread = self._running_loop()
@@ -105,14 +151,49 @@ class NativeEngine:
                           cache_utilization=scheduler.block_manager.usage, max_batch_size=self._config.max_batch_size)
 
     async def stop(self) -> None:
+        if self._failing is not None:
+            await self._failing
+        await self._release(EngineUnavailable("generator is shutting down"))
+        if self._failure is not None and self._serving:
+            raise TensorParallelFailure(self._failure)
+
+    async def _release(self, error: EngineUnavailable) -> None:
+        """Stops the step loop (ending its streams with `error`), then the tensor-parallel workers."""
         loop_thread, self._loop_thread = self._loop_thread, None
         if loop_thread is not None:
             await asyncio.to_thread(loop_thread.stop)
-            loop_thread.fail_all(EngineUnavailable("generator is shutting down"))
+            loop_thread.fail_all(error)
+        group, self._group = self._group, None
+        if group is not None:
+            await asyncio.to_thread(group.stop)
+
+    # -- a failed tensor-parallel group -------------------------------------------------------------
+
+    def _group_failed(self, reason: str) -> None:
+        """Called once, from any thread, when a rank died or the ranks fell out of step."""
+        assert self._event_loop is not None  # set before the group starts
+        self._event_loop.call_soon_threadsafe(self._fail_for_good, reason)
+
+    def _fail_for_good(self, reason: str) -> None:
+        self._failure = reason
+        self._on_health(False)
+        if self._serving:  # while starting, start() raises instead
+            self._failing = asyncio.get_running_loop().create_task(self._end_after_failure(reason))
+
+    async def _end_after_failure(self, reason: str) -> None:
+        log.error("native engine: %s; ending every stream and stopping the generator", reason)
+        await self._release(EngineUnavailable(f"{reason}; the generator is stopping"))
+        self._on_fatal()
+
+    def _report_health(self, serving: bool) -> None:
+        """The step loop's health, except that a failed group stays NOT_SERVING."""
+        self._on_health(serving and self._failure is None)
 
     # -- requests -----------------------------------------------------------------------------------
 
     def _running_loop(self) -> StepLoop:
+        if self._failure is not None:
+            raise EngineUnavailable(f"{self._failure}; the generator is stopping")
         if self._loop_thread is None:
             raise EngineUnavailable("engine is not running (starting or stopping)")
         return self._loop_thread

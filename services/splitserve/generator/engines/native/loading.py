@@ -13,7 +13,12 @@ from splitserve.generator.engines.native.attention import AttentionBackend, Torc
 from splitserve.generator.engines.native.layers import SINGLE_DEVICE, TensorParallel
 from splitserve.generator.engines.native.model import DecoderModel
 from splitserve.generator.engines.native.model_config import ModelConfig
-from splitserve.generator.engines.native.model_runner import ModelRunner, allocate_kv_cache, kv_bytes_per_token
+from splitserve.generator.engines.native.model_runner import (
+    ModelRunner,
+    StepBroadcast,
+    allocate_kv_cache,
+    kv_bytes_per_token,
+)
 from splitserve.generator.engines.native.ops import layer_ops
 from splitserve.generator.engines.native.weights import load_weights
 
@@ -33,8 +38,12 @@ class DeviceSide:
     block_size: int
 
 
-def build_device_side(config: GeneratorConfig, tp: TensorParallel = SINGLE_DEVICE) -> DeviceSide:
-    """Loads the weights, sizes and allocates the cache, and prepares (not yet captures) the CUDA graphs."""
+def build_device_side(config: GeneratorConfig, tp: TensorParallel = SINGLE_DEVICE,
+                      broadcast: StepBroadcast | None = None) -> DeviceSide:
+    """Loads the weights, sizes and allocates the cache, and prepares (not yet captures) the CUDA graphs.
+
+    Under tensor parallelism rank 0 passes `broadcast`, which hands each step's inputs to the other ranks.
+    """
     model_config = ModelConfig.from_folder(config.model_path)
     _check_model(model_config, config)
     device = _device(config, tp)
@@ -50,7 +59,7 @@ def build_device_side(config: GeneratorConfig, tp: TensorParallel = SINGLE_DEVIC
     caches = allocate_kv_cache(model, num_blocks, block_size)
     graphs = device.type == "cuda" and config.cuda_graphs and isinstance(model.attention, _graph_safe_backends())
     runner = ModelRunner(model, caches, block_size, config.max_batch_size,
-                         -(-config.max_total_tokens // block_size), use_cuda_graphs=graphs)
+                         -(-config.max_total_tokens // block_size), use_cuda_graphs=graphs, broadcast=broadcast)
     return DeviceSide(model_config, runner, num_blocks, block_size)
 
 

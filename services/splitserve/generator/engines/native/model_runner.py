@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -30,6 +31,15 @@ class StepSamples:
     top: list[list[tuple[int, float]]] | None
 
 
+class StepBroadcast(Protocol):
+    """Sends each step's inputs to the other tensor-parallel ranks, which run the same forward."""
+
+    def send(self, inputs: StepInputs, use_graph: bool) -> None: ...
+
+    def fail(self, error: BaseException) -> None:
+        """The forward failed after `send`: the other ranks' collectives no longer pair with ours."""
+
+
 def allocate_kv_cache(model: DecoderModel, num_blocks: int, block_size: int) -> list[KVCache]:
     """Per layer a K and a V tensor [num_blocks + 1, block_size, KV heads, D]; the extra block is scratch."""
     weights = model.weights.embed
@@ -46,8 +56,9 @@ class ModelRunner:
     """Runs scheduled steps through the model and the sampler."""
 
     def __init__(self, model: DecoderModel, kv_caches: list[KVCache], block_size: int, max_num_seqs: int,
-                 max_blocks_per_seq: int, use_cuda_graphs: bool) -> None:
+                 max_blocks_per_seq: int, use_cuda_graphs: bool, broadcast: StepBroadcast | None = None) -> None:
         self.model = model
+        self._broadcast = broadcast
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = model.weights.embed.device
@@ -66,14 +77,27 @@ class ModelRunner:
     def execute(self, output: SchedulerOutput) -> StepSamples:
         """Runs the step and returns the sampled tokens of the chunks that end their sequence's tokens."""
         inputs = build_step_inputs(output.chunks, self.block_size)
-        if self._graphs is not None and output.is_decode_only and self._graphs.fits(len(output.chunks)):
-            logits = self._graphs.run(inputs)
+        use_graph = self._graphs is not None and output.is_decode_only and self._graphs.fits(len(output.chunks))
+        if self._broadcast is None:
+            logits = self.forward(inputs, use_graph)
         else:
-            logits = self._eager_logits(inputs)
+            self._broadcast.send(inputs, use_graph)
+            try:
+                logits = self.forward(inputs, use_graph)
+            except BaseException as error:
+                self._broadcast.fail(error)
+                raise
         seqs = [chunk.seq for chunk in output.chunks if chunk.samples]
         if not seqs:
             return StepSamples([], None, None)
         return _to_host(self.sampler(logits, seqs))
+
+    def forward(self, inputs: StepInputs, use_graph: bool) -> torch.Tensor:
+        """The logits of the step's sampling rows: a captured decode graph's replay, or the eager forward."""
+        if use_graph:
+            assert self._graphs is not None  # the caller chose the graph path because there are graphs
+            return self._graphs.run(inputs)
+        return self._eager_logits(inputs)
 
     def _eager_logits(self, inputs: StepInputs) -> torch.Tensor:
         to = lambda array: torch.from_numpy(array).to(self.device, non_blocking=True)  # noqa: E731
