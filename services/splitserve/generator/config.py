@@ -31,7 +31,7 @@ class GeneratorConfig:
     max_batch_tokens: int = 512
     grace_seconds: float = 10.0
     engine_dir: str | None = None  # trtllm-engine: the prebuilt engine dir (model_path gives the tokenizer)
-    tensor_parallel_size: int = 1  # trtllm: GPUs per replica (trtllm-engine takes it from the engine)
+    tensor_parallel_size: int = 1  # trtllm, native: GPUs per replica (trtllm-engine takes it from the engine)
     kv_cache_free_gpu_memory_fraction: float = 0.9  # TensorRT-LLM engines: share of free GPU memory for KV
     kv_cache_memory_fraction: float | None = None  # native engine on CUDA: size the KV cache from free memory
     attention_backend: str = "auto"  # native engine: auto (triton on CUDA, torch elsewhere), triton, torch
@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-dir", default=d.engine_dir,
                         help="trtllm-engine: engine dir built by `splitserve build-engine`")
     parser.add_argument("--tensor-parallel-size", type=int, default=d.tensor_parallel_size,
-                        help="trtllm: GPUs per model replica (see the README for the MPI launch)")
+                        help="GPUs per model replica: trtllm (see the README for the MPI launch), or native "
+                             "(rank 0 starts the other ranks itself)")
     parser.add_argument("--kv-cache-free-gpu-memory-fraction", type=float,
                         default=d.kv_cache_free_gpu_memory_fraction,
                         help="TensorRT-LLM engines: share of free GPU memory the KV cache takes")

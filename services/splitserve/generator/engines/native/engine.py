@@ -181,7 +181,7 @@ class NativeEngine:
             self._failing = asyncio.get_running_loop().create_task(self._end_after_failure(reason))
 
     async def _end_after_failure(self, reason: str) -> None:
-        log.error("native engine: %s; ending every stream and stopping the generator", reason)
+        log.error("native engine: the tensor-parallel group failed; ending every stream and stopping the generator")
         await self._release(EngineUnavailable(f"{reason}; the generator is stopping"))
         self._on_fatal()
 

@@ -210,7 +210,7 @@ class RankGroup:
             if self._failed:
                 return
             self._failed = True
-        log.error("tensor parallel: %s", reason)
+        log.error("%s", reason)
         self._on_failure(reason)
 
     def _while_workers_live(self, work: Callable[[], dist.ProcessGroup | None], what: str) -> dist.ProcessGroup | None:
@@ -232,6 +232,10 @@ class RankGroup:
             if dead is not None and thread.is_alive():
                 raise TensorParallelFailure(f"{dead} while {what} (its log above says why)")
         if errors:
+            wait([p.sentinel for p in self._workers], timeout=1.0)  # a peer's socket closes just before it exits
+            dead = self._dead_worker()
+            if dead is not None:
+                raise TensorParallelFailure(f"{dead} while {what} (its log above says why)") from errors[0]
             raise errors[0]
         return result[0]
 
