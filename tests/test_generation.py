@@ -173,8 +173,8 @@ async def test_eight_concurrent_streams_complete(stack: Stack) -> None:
     (pb.GenerateRequest(prompt="hi " * 900), grpc.StatusCode.INVALID_ARGUMENT, "max_input_tokens=768"),
     (pb.GenerateRequest(prompt="hi", stopping=pb.StoppingCriteria(stop=["x"] * 17)),
      grpc.StatusCode.INVALID_ARGUMENT, "max_stop_sequences=16"),
-    (pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(repetition_penalty=1.3)),
-     grpc.StatusCode.INVALID_ARGUMENT, "repetition_penalty"),
+    (pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(repetition_penalty=-1.0)),
+     grpc.StatusCode.INVALID_ARGUMENT, "repetition_penalty must be a finite number > 0"),
     (pb.GenerateRequest(prompt="hi", model="gpt-17"), grpc.StatusCode.NOT_FOUND, "gpt-17"),
 ])
 async def test_bad_requests_fail_cleanly_while_good_ones_finish(
@@ -202,5 +202,5 @@ async def test_model_info_agrees_across_tiers(stack: Stack) -> None:
     internal = await stack.tokens.GetModelInfo(tpb.GetModelInfoRequest())
     assert public.tokenizer_fingerprint == internal.tokenizer_fingerprint
     assert public.vocab_size == internal.vocab_size == 49152
-    assert list(public.eos_token_ids) == [2] and public.engine == "torch"
+    assert list(public.eos_token_ids) == [2] and public.engine == "native"
     assert public.max_new_tokens == 256 and public.has_chat_template

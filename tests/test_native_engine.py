@@ -134,7 +134,7 @@ async def test_a_crashed_step_fails_streams_in_flight_and_the_engine_goes_on(eng
     loop_thread = engine._loop_thread
     assert loop_thread is not None
     runner = loop_thread._runner
-    real_execute = runner.execute
+    real_launch = runner.launch
     calls = 0
 
     def fail_once(output):  # type: ignore[no-untyped-def]
@@ -142,13 +142,13 @@ async def test_a_crashed_step_fails_streams_in_flight_and_the_engine_goes_on(eng
         calls += 1
         if calls == 3:
             raise RuntimeError("injected fault")
-        return real_execute(output)
+        return real_launch(output)
 
-    runner.execute = fail_once  # type: ignore[method-assign]
+    runner.launch = fail_once  # type: ignore[method-assign]
     try:
         with pytest.raises(EngineUnavailable, match="injected fault"):
             await run(engine, PROMPTS[3], 20)
     finally:
-        runner.execute = real_execute  # type: ignore[method-assign]
+        runner.launch = real_launch  # type: ignore[method-assign]
     assert engine.restarts == 1
     assert len((await run(engine, PROMPTS[3], 8)).token_ids) == 8

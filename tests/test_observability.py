@@ -110,7 +110,7 @@ async def test_one_trace_follows_a_streamed_request_across_both_tiers(stack: Sta
     for server, tier in ((public, "tokenizer"), (gen_server, "generator")):
         attrs = server.attributes
         assert attrs["splitserve.request_id"] == "trace-me"
-        assert attrs["gen_ai.request.model"] == "SmolLM2-135M-Instruct" and attrs["splitserve.engine"] == "torch"
+        assert attrs["gen_ai.request.model"] == "SmolLM2-135M-Instruct" and attrs["splitserve.engine"] == "native"
         assert attrs["gen_ai.usage.input_tokens"] == 5 and attrs["gen_ai.usage.output_tokens"] == completion == 8
         assert attrs["gen_ai.response.finish_reasons"] == ("length",)
         assert attrs["rpc.grpc.status_code"] == 0 and attrs["splitserve.grpc_status"] == "OK"

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.model_store import DEFAULT_MODEL_NAME
-from splitserve.generator.engines.torch_engine import TorchEngine
+from splitserve.generator.engines.native.engine import NativeEngine
 from splitserve.local_stack import free_port, stop_processes, wait_serving
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.server import TokenizerMismatch, start_tokenizer
@@ -81,16 +81,16 @@ async def check_health(address: str) -> int:
 
 async def test_engine_crash_fails_in_flight_as_unavailable_and_restarts(stack: Stack) -> None:
     engine = stack.generator.engine
-    assert isinstance(engine, TorchEngine)
-    model = engine._loaded.model  # type: ignore[union-attr]
+    assert isinstance(engine, NativeEngine)
+    runner = engine._loop_thread._runner  # type: ignore[union-attr]
     call = stack.text.GenerateStream(greedy("Count slowly:", 200, ignore_eos=True))
     await call.read()  # generating
 
     def crash_once(*args: object, **kwargs: object) -> None:
-        del model.forward  # back to the real forward for the restarted loop
+        del runner.launch  # back to the real method for the steps after the fault
         raise RuntimeError("injected device fault")
 
-    model.forward = crash_once
+    runner.launch = crash_once
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         while await call.read() is not grpc.aio.EOF:
             pass

@@ -32,7 +32,7 @@ COMMON=(--model "$MODEL_DIR" --in-process --input-len 128 --output-len 128 --war
         --stagger 2 --no-progress)
 step "$PY" -m splitserve.bench "${COMMON[@]}" --engine native --max-batch-size 256 --concurrency 1,256 \
   "${GEN[@]}" --generator-arg=--kv-cache-tokens=131072 --generator-arg=--kv-page-size=16 --json "$OUT/native.json"
-step "$PY" -m splitserve.bench "${COMMON[@]}" --engine torch --max-batch-size 128 --concurrency 1,128 \
+step "$PY" -m splitserve.bench "${COMMON[@]}" --engine transformers --max-batch-size 128 --concurrency 1,128 \
   "${GEN[@]}" --generator-arg=--kv-cache-tokens=65536 --generator-arg=--kv-page-size=64 --json "$OUT/transformers.json"
 echo "reports in $OUT"
 exit "$failed"

@@ -44,7 +44,7 @@ GEN_ARGS=(--generator-arg=--device=cuda --generator-arg=--dtype=bfloat16
           --generator-arg=--max-total-tokens=512 --generator-arg=--max-input-tokens=256
           --generator-arg=--max-new-tokens=256 --generator-arg=--kv-cache-tokens=65536
           --generator-arg=--max-batch-tokens=4096)
-COMMON=(--model "$MODEL_DIR" --engine torch --max-batch-size "$MAX_BATCH" --concurrency "$CONCURRENCY"
+COMMON=(--model "$MODEL_DIR" --engine transformers --max-batch-size "$MAX_BATCH" --concurrency "$CONCURRENCY"
         --input-len 128 --output-len 128 --warmup "$WARMUP" --duration "$DURATION" --stagger "$STAGGER" --no-progress "${GEN_ARGS[@]}")
 
 # Separate processes, so one engine's GPU memory is gone before the next loads its own. Each round

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_arguments(cmd)
         cmd.add_argument("--address", default="127.0.0.1:50051", help="public API address")
         cmd.add_argument("--generator-address", default="127.0.0.1:50052")
-        cmd.add_argument("--engine", default="torch")
+        cmd.add_argument("--engine", default="native")
         cmd.add_argument("--tokenizers", type=int, default=1, help="tokenizer processes (ports 10 apart)")
         cmd.add_argument("--generators", type=int, default=1, help="generator processes (ports 10 apart)")
         if name == "demo":

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from splitserve.common.server_flags import add_server_security_arguments
-from splitserve.generator.engine import ENGINE_NAMES
+from splitserve.generator.engine import ENGINE_NAMES, OLD_ENGINE_NAMES
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class GeneratorConfig:
     model_path: str
     model_name: str
     address: str = "127.0.0.1:50052"
-    engine: str = "torch"
+    engine: str = "native"
     engine_process: bool = False  # run the engine in a child process (engine_process.py)
     device: str = "auto"
     dtype: str = "auto"
@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the generator's flags (model flags are added by the caller)."""
     d = GeneratorConfig("", "")
     parser.add_argument("--address", default=d.address, help="host:port to listen on")
-    parser.add_argument("--engine", default=d.engine, choices=ENGINE_NAMES)
+    parser.add_argument("--engine", default=d.engine, choices=[*ENGINE_NAMES, *OLD_ENGINE_NAMES],
+                        help="native (default), transformers (the reference: transformers' continuous batching; "
+                             "'torch' is its old name), trtllm, trtllm-engine, bench")
     parser.add_argument("--engine-process", action="store_true",
                         help="run the engine (torch or bench) in a child process, apart from the gRPC event "
                              "loop, so the two share no GIL")
@@ -94,7 +96,8 @@ def _add_native_arguments(parser: argparse.ArgumentParser, d: GeneratorConfig) -
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
     """Builds and checks the config; raises ValueError on inconsistent limits."""
     config = GeneratorConfig(
-        model_path=model_path, model_name=model_name, address=args.address, engine=args.engine,
+        model_path=model_path, model_name=model_name, address=args.address,
+        engine=OLD_ENGINE_NAMES.get(args.engine, args.engine),
         engine_process=args.engine_process,
         device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         max_queued_requests=args.max_queued_requests, max_total_tokens=args.max_total_tokens,
@@ -121,8 +124,9 @@ def check(config: GeneratorConfig) -> None:
         raise ValueError("--default-max-new-tokens must be between 1 and --max-new-tokens")
     if config.engine == "trtllm-engine" and not config.engine_dir:
         raise ValueError("--engine trtllm-engine needs --engine-dir")
-    if config.engine_process and config.engine not in ("torch", "bench"):
-        raise ValueError("--engine-process serves the torch and bench engines (TensorRT-LLM runs its own workers)")
+    if config.engine_process and config.engine not in ("native", "transformers", "torch", "bench"):
+        raise ValueError("--engine-process serves the native, transformers and bench engines "
+                         "(TensorRT-LLM runs its own workers)")
     if config.tensor_parallel_size < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
     fraction = config.kv_cache_memory_fraction

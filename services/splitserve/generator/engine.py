@@ -15,7 +15,8 @@ from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig
 
-ENGINE_NAMES = ("native", "torch", "trtllm", "trtllm-engine", "bench")
+ENGINE_NAMES = ("native", "transformers", "trtllm", "trtllm-engine", "bench")
+OLD_ENGINE_NAMES = {"torch": "transformers"}  # still accepted
 
 
 class Engine(Protocol):
@@ -51,10 +52,10 @@ def create_engine(config: GeneratorConfig, on_health: HealthListener) -> Engine:
         from splitserve.generator.engines.native.engine import NativeEngine
 
         return NativeEngine(config, on_health)
-    if config.engine == "torch":
-        from splitserve.generator.engines.torch_engine import TorchEngine
+    if config.engine in ("transformers", "torch"):
+        from splitserve.generator.engines.transformers_engine import TransformersEngine
 
-        return TorchEngine(config, on_health)
+        return TransformersEngine(config, on_health)
     if config.engine == "trtllm":
         from splitserve.generator.engines.trtllm_llmapi import TrtllmLlmApiEngine
 

@@ -21,7 +21,7 @@ INSTALL_HINT = (
     "TensorRT-LLM is not installed. Run the generator inside NVIDIA's container "
     f"({TENSORRT_LLM_IMAGE}) or install it on a Linux host with an NVIDIA GPU: "
     "pip install tensorrt_llm==1.2.1 --extra-index-url https://pypi.nvidia.com "
-    "(or choose --engine torch)."
+    "(or choose --engine transformers)."
 )
 
 

@@ -40,6 +40,26 @@ class StepBroadcast(Protocol):
         """The forward failed after `send`: the other ranks' collectives no longer pair with ours."""
 
 
+@dataclass(frozen=True)
+class PendingStep:
+    """A launched step: its samples being copied to (pinned) host memory, and the event that marks the end."""
+
+    samples: SamplerOutput | None
+    done: torch.cuda.Event | None
+
+
+def _copy_to_host(samples: SamplerOutput) -> PendingStep:
+    """Non-blocking device→host copies (into pinned memory), then an event to wait on instead of a sync."""
+    if samples.token_ids.device.type != "cuda":
+        return PendingStep(samples, None)
+    host = lambda t: None if t is None else t.to("cpu", non_blocking=True)  # noqa: E731
+    copied = SamplerOutput(samples.token_ids.to("cpu", non_blocking=True), host(samples.logprobs),
+                           host(samples.top_ids), host(samples.top_logprobs))
+    done = torch.cuda.Event()
+    done.record()
+    return PendingStep(copied, done)
+
+
 def allocate_kv_cache(model: DecoderModel, num_blocks: int, block_size: int) -> list[KVCache]:
     """Per layer a K and a V tensor [num_blocks + 1, block_size, KV heads, D]; the extra block is scratch."""
     weights = model.weights.embed
@@ -73,9 +93,13 @@ class ModelRunner:
             self._graphs.capture()
             log.info("captured decode CUDA graphs for batch sizes %s", self._graphs.buckets)
 
-    @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> StepSamples:
         """Runs the step and returns the sampled tokens of the chunks that end their sequence's tokens."""
+        return self.finish(self.launch(output))
+
+    @torch.inference_mode()
+    def launch(self, output: SchedulerOutput) -> PendingStep:
+        """Queues the step's forward, sampling and the copy of its tokens to the host; returns without waiting."""
         inputs = build_step_inputs(output.chunks, self.block_size)
         use_graph = self._graphs is not None and output.is_decode_only and self._graphs.fits(len(output.chunks))
         if self._broadcast is None:
@@ -89,8 +113,16 @@ class ModelRunner:
                 raise
         seqs = [chunk.seq for chunk in output.chunks if chunk.samples]
         if not seqs:
+            return PendingStep(None, None)
+        return _copy_to_host(self.sampler(logits, seqs))
+
+    def finish(self, pending: PendingStep) -> StepSamples:
+        """Waits for a launched step (releasing the GIL meanwhile) and returns its tokens."""
+        if pending.samples is None:
             return StepSamples([], None, None)
-        return _to_host(self.sampler(logits, seqs))
+        if pending.done is not None:
+            pending.done.synchronize()
+        return _to_host(pending.samples)
 
     def forward(self, inputs: StepInputs, use_graph: bool) -> torch.Tensor:
         """The logits of the step's sampling rows: a captured decode graph's replay, or the eager forward."""

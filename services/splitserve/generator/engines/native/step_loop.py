@@ -64,6 +64,7 @@ class StepLoop:
         self._thread = threading.Thread(target=self._run, name="native-engine", daemon=True)
         self.restarts = 0
         self.preemptions = 0
+        self._held: list[tuple[Sink, Emitted | BaseException]] = []  # the last step's tokens, not yet handed over
 
     @property
     def num_inbox(self) -> int:
@@ -91,13 +92,16 @@ class StepLoop:
         while not self._stopping:
             self._drain_inbox()
             if not self.scheduler.has_work:
+                self._hand_over_held()
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
                 continue
             try:
                 self._step()
             except Exception as error:  # the loop must outlive any one step
+                self._hand_over_held()  # finished before the failure: those streams end normally
                 self._recover(error)
+        self._hand_over_held()
 
     def _drain_inbox(self) -> None:
         while self._inbox:
@@ -115,13 +119,24 @@ class StepLoop:
             self._refuse_dropped(output)
         self.preemptions += len(output.preempted)
         if not output.chunks:
+            self._hand_over_held()
             return
-        samples = self._runner.execute(output)
+        pending = self._runner.launch(output)
+        # The previous step's tokens go to the event loop only now, while the device runs this step: its
+        # thread then takes the GIL while this one waits (without it) instead of while this one launches.
+        self._hand_over_held()
+        samples = self._runner.finish(pending)
         sampling = [chunk.seq for chunk in output.chunks if chunk.samples]  # before update() moves them on
         finished = {id(seq) for seq in self.scheduler.update(output, samples.token_ids)}
-        self._deliver(sampling, samples, finished)
+        self._held = self._deliveries(sampling, samples, finished)
 
-    def _deliver(self, seqs: list[Sequence], samples: StepSamples, finished: set[int]) -> None:
+    def _hand_over_held(self) -> None:
+        if self._held:
+            self._loop.call_soon_threadsafe(_hand_over, self._held)
+            self._held = []
+
+    def _deliveries(self, seqs: list[Sequence], samples: StepSamples,
+                    finished: set[int]) -> list[tuple[Sink, Emitted | BaseException]]:
         batch: list[tuple[Sink, Emitted | BaseException]] = []
         for i, seq in enumerate(seqs):
             entry = self._sinks.get(seq.seq_id)
@@ -131,8 +146,7 @@ class StepLoop:
             batch.append((entry[1], Emitted(_token(seq, samples, i), done)))
             if done:
                 del self._sinks[seq.seq_id]
-        if batch:
-            self._loop.call_soon_threadsafe(_hand_over, batch)
+        return batch
 
     def _refuse_dropped(self, output: SchedulerOutput) -> None:
         """Sequences the scheduler dropped while their stream is open can never fit the cache: refuse them."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Placeholders that make transformers create the per-request temperature/top-k/top-p processors;
-# every request overrides all three (see TorchEngine._request_kwargs).
+# every request overrides all three (see TransformersEngine._request_kwargs).
 _PROCESSOR_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import HealthListener
-from splitserve.generator.engines.torch_loading import LoadedModel, load_model
+from splitserve.generator.engines.transformers_loading import LoadedModel, load_model
 from splitserve.generator.finish import stop_reason
 from splitserve.generator.types import (
     EngineCapabilities,
@@ -53,7 +53,7 @@ class _Stream:
     num_generated: int = 0
 
 
-class TorchEngine:
+class TransformersEngine:
     """transformers continuous batching behind the engine interface."""
 
     def __init__(self, config: GeneratorConfig, on_health: HealthListener) -> None:
@@ -73,7 +73,7 @@ class TorchEngine:
             raise RuntimeError("engine not started")
         cfg, loaded = self._config, self._loaded
         return EngineInfo(
-            model_name=cfg.model_name, engine="torch", vocab_size=loaded.vocab_size,
+            model_name=cfg.model_name, engine="transformers", vocab_size=loaded.vocab_size,
             eos_token_ids=loaded.eos_token_ids, max_input_tokens=cfg.max_input_tokens,
             max_total_tokens=cfg.max_total_tokens, max_new_tokens=cfg.max_new_tokens,
             default_max_new_tokens=cfg.default_max_new_tokens, max_batch_size=cfg.max_batch_size,
