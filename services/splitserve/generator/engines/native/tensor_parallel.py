@@ -164,7 +164,7 @@ class RankGroup:
 
     def wait_ready(self) -> None:
         """Returns once every worker has loaded its shard (before the ranks capture graphs together)."""
-        self._while_workers_live(lambda: dist.barrier(group=self._control), "loading their shards")
+        self._while_workers_live(lambda: _loaded(self._control), "loading their shards")
 
     def send(self, inputs: StepInputs, use_graph: bool) -> None:
         """Broadcasts one step's inputs to the workers (called by the runner before its own forward)."""
@@ -254,6 +254,11 @@ def _join(store: Store, rank: int, size: int, backend: str) -> dist.ProcessGroup
     return control
 
 
+def _loaded(control: dist.ProcessGroup | None) -> None:
+    """Every rank has its shard: a barrier bounded by START_TIMEOUT (the control group's own has no end)."""
+    dist.monitored_barrier(group=control, timeout=START_TIMEOUT)
+
+
 def _reap(processes: list[BaseProcess], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for process in processes:
@@ -276,7 +281,7 @@ def worker_main(args: WorkerArgs) -> None:
     control = _join(store, args.rank, args.size, _backend(args.config))
     try:
         runner = build_device_side(args.config, TensorParallel(args.rank, args.size)).runner
-        dist.barrier(group=control)
+        _loaded(control)
         runner.capture_graphs()  # with rank 0, bucket by bucket: the captures' all-reduces pair up
         steps = _serve(runner, control)
         log.info("tensor-parallel rank %d: stopping after %d steps", args.rank, steps)
