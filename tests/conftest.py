@@ -39,8 +39,23 @@ def model_dir() -> Path:
     return ensure_default_model(default_cache_dir())
 
 
+# Set from the command line (pytest --generator-dtype float32): a CUDA run checks parity in float32.
+GENERATOR_OPTIONS: dict[str, object] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--generator-dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                     help="dtype of the generators the tests start (default: the engine's auto)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    dtype = config.getoption("--generator-dtype")
+    if dtype:
+        GENERATOR_OPTIONS["dtype"] = dtype
+
+
 def generator_config(model_dir: Path, **overrides: object) -> GeneratorConfig:
-    settings = {**TEST_LIMITS, **overrides}
+    settings = {**TEST_LIMITS, **GENERATOR_OPTIONS, **overrides}
     return GeneratorConfig(str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0", grace_seconds=2,
                            **settings)  # type: ignore[arg-type]
 

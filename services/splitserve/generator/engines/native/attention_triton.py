@@ -19,7 +19,7 @@ from splitserve.generator.engines.native.attention import AttentionMetadata
 def _paged_attention(q_ptr, k_ptr, v_ptr, o_ptr, block_tables, seq_lens, query_start, scale,  # type: ignore[no-untyped-def]
                      stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_ot, stride_oh, stride_bt,
                      GROUP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+                     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     tile = tl.program_id(2)
@@ -46,7 +46,10 @@ def _paged_attention(q_ptr, k_ptr, v_ptr, o_ptr, block_tables, seq_lens, query_s
         block = tl.load(block_tables + seq * stride_bt + b).to(tl.int64)
         kv_off = block * stride_kb + offs[:, None] * stride_ks + kv_head * stride_kh + dims[None, :]
         k = tl.load(k_ptr + kv_off)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if IEEE:  # noqa: SIM108  # float32 models: exact products (Triton's default for float32 is TF32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale
         key_pos = b * BLOCK_SIZE + offs
         s = tl.where((key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] < seq_len), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -54,7 +57,10 @@ def _paged_attention(q_ptr, k_ptr, v_ptr, o_ptr, block_tables, seq_lens, query_s
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + kv_off)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(o_ptr + (q_start + q_index)[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
@@ -80,5 +86,6 @@ class TritonPagedAttention:
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             out.stride(0), out.stride(1), meta.block_tables.stride(0),
             GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
+            IEEE=q.dtype == torch.float32,
         )
         return out

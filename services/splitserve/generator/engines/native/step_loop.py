@@ -36,6 +36,7 @@ class Emitted:
 
 # Receives a step's items on the event loop: (sink, Emitted or an exception) pairs.
 Sink = Callable[[Emitted | BaseException], None]
+Batch = list[tuple[Sink, Emitted | BaseException]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class StepLoop:
         self._thread = threading.Thread(target=self._run, name="native-engine", daemon=True)
         self.restarts = 0
         self.preemptions = 0
-        self._held: list[tuple[Sink, Emitted | BaseException]] = []  # the last step's tokens, not yet handed over
+        self._held: Batch = []  # the last step's tokens, not yet handed over
 
     @property
     def num_inbox(self) -> int:
@@ -128,29 +129,32 @@ class StepLoop:
         samples = self._runner.finish(pending)
         sampling = [chunk.seq for chunk in output.chunks if chunk.samples]  # before update() moves them on
         finished = {id(seq) for seq in self.scheduler.update(output, samples.token_ids)}
-        self._held = self._deliveries(sampling, samples, finished)
+        first, self._held = self._deliveries(sampling, samples, finished)
+        if first:  # a first token is handed over at once: time to first token is not held for a launch
+            self._loop.call_soon_threadsafe(_hand_over, first)
 
     def _hand_over_held(self) -> None:
         if self._held:
             self._loop.call_soon_threadsafe(_hand_over, self._held)
             self._held = []
 
-    def _deliveries(self, seqs: list[Sequence], samples: StepSamples,
-                    finished: set[int]) -> list[tuple[Sink, Emitted | BaseException]]:
-        batch: list[tuple[Sink, Emitted | BaseException]] = []
+    def _deliveries(self, seqs: list[Sequence], samples: StepSamples, finished: set[int]) -> tuple[Batch, Batch]:
+        """The step's tokens by sink: (first tokens of their sequence, the others)."""
+        first: Batch = []
+        rest: Batch = []
         for i, seq in enumerate(seqs):
             entry = self._sinks.get(seq.seq_id)
             if entry is None:
                 continue  # aborted after this step was scheduled
             done = id(seq) in finished
-            batch.append((entry[1], Emitted(_token(seq, samples, i), done)))
+            (first if seq.num_output_tokens == 1 else rest).append((entry[1], Emitted(_token(seq, samples, i), done)))
             if done:
                 del self._sinks[seq.seq_id]
-        return batch
+        return first, rest
 
     def _refuse_dropped(self, output: SchedulerOutput) -> None:
         """Sequences the scheduler dropped while their stream is open can never fit the cache: refuse them."""
-        batch: list[tuple[Sink, Emitted | BaseException]] = []
+        batch: Batch = []
         for seq in output.aborted:
             entry = self._sinks.pop(seq.seq_id, None)
             if entry is not None:
@@ -164,7 +168,7 @@ class StepLoop:
         log.exception("native engine step failed; failing %d requests in flight and resetting", len(self._sinks))
         self._loop.call_soon_threadsafe(self._on_health, False)
         failure = EngineUnavailable(f"engine step failed ({type(error).__name__}: {error}); request aborted, retry")
-        batch: list[tuple[Sink, Emitted | BaseException]] = [(sink, failure) for _, sink in self._sinks.values()]
+        batch: Batch = [(sink, failure) for _, sink in self._sinks.values()]
         self._sinks.clear()
         self.scheduler = self._new_scheduler()
         self.restarts += 1
@@ -195,7 +199,7 @@ def _token(seq: Sequence, samples: StepSamples, row: int) -> TokenOutput:
     return TokenOutput(token_id, logprob, top)
 
 
-def _hand_over(batch: list[tuple[Sink, Emitted | BaseException]]) -> None:
+def _hand_over(batch: Batch) -> None:
     for sink, item in batch:
         sink(item)
 

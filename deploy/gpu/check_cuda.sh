@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the end-to-end tests on a CUDA GPU with the torch engine (device auto -> cuda, bf16).
+# Runs the tests on a CUDA GPU with the default (native) engine: device auto -> cuda, bf16 unless the
+# pytest arguments say --generator-dtype float32 (the parity tests against transformers need float32).
 # Expects: wheels of the pinned packages the GPU image lacks in .whl/ (see the README's status
 # section), the default model's GGUF at $GGUF, and the generated stubs (pip install -e . or carried).
-# Usage: GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf bash deploy/gpu/check_torch_cuda.sh [pytest args]
+# Usage: GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf bash deploy/gpu/check_cuda.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${GGUF:?set GGUF to the SmolLM2-135M-Instruct.Q4_1.gguf file}"
