@@ -113,3 +113,17 @@ async def test_both_tiers_over_an_engine_process(model_dir: Path) -> None:
         assert reply.usage.completion_tokens == 8 and reply.text.strip()
         assert reply.finish_reason == pb.FINISH_REASON_LENGTH
     assert stack.generator.engine._child is None  # type: ignore[attr-defined]
+
+
+async def test_the_native_engine_runs_in_a_child_process(model_dir: Path) -> None:
+    config = generator_config(model_dir, engine="native", engine_process=True, kv_page_size=16)
+    process = create_engine(config, lambda _: None)
+    assert isinstance(process, EngineProcess)
+    await process.start()
+    try:
+        assert process.info.engine == "native" and process.info.capabilities.seed
+        request = GenerationRequest("r", [504, 3458, 282, 4649, 314], max_new_tokens=8)
+        chunks = await _collect(process, request)
+    finally:
+        await process.stop()
+    assert sum(len(c.tokens) for c in chunks) == 8 and chunks[-1].finish_reason is FinishReason.LENGTH
