@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from splitserve.common.server_flags import add_server_security_arguments
 from splitserve.generator.engine import ENGINE_NAMES, OLD_ENGINE_NAMES
+from splitserve.generator.types import EngineCapabilities, EngineInfo
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ class GeneratorConfig:
     tls_cert: str | None = None  # PEM files; with tls_client_ca only tokenizer tiers with a client cert connect
     tls_key: str | None = None
     tls_client_ca: str | None = None
+
+    def engine_info(self, engine: str, vocab_size: int, eos_token_ids: tuple[int, ...],
+                    capabilities: EngineCapabilities, engine_version: str = "") -> EngineInfo:
+        """What an engine that takes its limits from this config serves."""
+        return EngineInfo(
+            model_name=self.model_name, engine=engine, vocab_size=vocab_size, eos_token_ids=eos_token_ids,
+            max_input_tokens=self.max_input_tokens, max_total_tokens=self.max_total_tokens,
+            max_new_tokens=self.max_new_tokens, default_max_new_tokens=self.default_max_new_tokens,
+            max_batch_size=self.max_batch_size, capabilities=capabilities, engine_version=engine_version,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

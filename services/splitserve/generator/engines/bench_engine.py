@@ -95,13 +95,7 @@ class BenchEngine:
 
     @property
     def info(self) -> EngineInfo:
-        cfg = self._config
-        return EngineInfo(
-            model_name=cfg.model_name, engine="bench", vocab_size=self._vocab_size, eos_token_ids=self._eos,
-            max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens,
-            max_new_tokens=cfg.max_new_tokens, default_max_new_tokens=cfg.default_max_new_tokens,
-            max_batch_size=cfg.max_batch_size, capabilities=EngineCapabilities(),
-        )
+        return self._config.engine_info("bench", self._vocab_size, self._eos, EngineCapabilities())
 
     async def start(self) -> None:
         tokenizer = await asyncio.to_thread(_load_tokenizer, self._config.model_path)

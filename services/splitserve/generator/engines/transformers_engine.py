@@ -71,14 +71,9 @@ class TransformersEngine:
     def info(self) -> EngineInfo:
         if self._loaded is None:
             raise RuntimeError("engine not started")
-        cfg, loaded = self._config, self._loaded
-        return EngineInfo(
-            model_name=cfg.model_name, engine="transformers", vocab_size=loaded.vocab_size,
-            eos_token_ids=loaded.eos_token_ids, max_input_tokens=cfg.max_input_tokens,
-            max_total_tokens=cfg.max_total_tokens, max_new_tokens=cfg.max_new_tokens,
-            default_max_new_tokens=cfg.default_max_new_tokens, max_batch_size=cfg.max_batch_size,
-            capabilities=EngineCapabilities(logprobs=True),
-        )
+        loaded = self._loaded
+        return self._config.engine_info("transformers", loaded.vocab_size, loaded.eos_token_ids,
+                                        EngineCapabilities(logprobs=True))
 
     async def start(self) -> None:
         self._loaded = await asyncio.to_thread(load_model, self._config)

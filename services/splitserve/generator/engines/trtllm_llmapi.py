@@ -66,14 +66,8 @@ class TrtllmLlmApiEngine:
     def info(self) -> EngineInfo:
         if self._facts is None:
             raise RuntimeError("engine not started")
-        cfg = self._config
-        return EngineInfo(
-            model_name=cfg.model_name, engine="trtllm", vocab_size=self._facts.vocab_size,
-            eos_token_ids=self._facts.eos_token_ids, max_input_tokens=cfg.max_input_tokens,
-            max_total_tokens=cfg.max_total_tokens, max_new_tokens=cfg.max_new_tokens,
-            default_max_new_tokens=cfg.default_max_new_tokens, max_batch_size=cfg.max_batch_size,
-            capabilities=self._capabilities, engine_version=f"TensorRT-LLM {self._version}",
-        )
+        return self._config.engine_info("trtllm", self._facts.vocab_size, self._facts.eos_token_ids,
+                                        self._capabilities, f"TensorRT-LLM {self._version}")
 
     async def start(self) -> None:
         self._facts = await asyncio.to_thread(read_model_facts, self._config.model_path)

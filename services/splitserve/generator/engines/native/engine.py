@@ -76,13 +76,7 @@ class NativeEngine:
     def info(self) -> EngineInfo:
         if self._device is None:
             raise RuntimeError("engine not started")
-        cfg = self._config
-        return EngineInfo(
-            model_name=cfg.model_name, engine="native", vocab_size=self._device.config.vocab_size,
-            eos_token_ids=self._eos_ids, max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens,
-            max_new_tokens=cfg.max_new_tokens, default_max_new_tokens=cfg.default_max_new_tokens,
-            max_batch_size=cfg.max_batch_size, capabilities=CAPABILITIES,
-        )
+        return self._config.engine_info("native", self._device.config.vocab_size, self._eos_ids, CAPABILITIES)
 
     @property
     def restarts(self) -> int:
