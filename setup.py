@@ -43,4 +43,4 @@ def api_packages() -> list[str]:
 generate_stubs()
 setup(packages=[
     "splitserve", "splitserve.common", "splitserve.generator", "splitserve.generator.engines",
-    "splitserve.tokenizer", "splitserve.bench", "splitserve_client", *api_packages()])
+    "splitserve.tokenizer", "splitserve.link", "splitserve.bench", "splitserve_client", *api_packages()])

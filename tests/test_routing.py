@@ -10,7 +10,7 @@ import pytest
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, ReplicaUnavailable
-from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
+from splitserve.link.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
 from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools, PoolTiming
 from splitserve.tokenizer.parity import TokenizerMismatch, parity_problem
 from splitserve.tokenizer.pool_targets import PoolSpec, parse_pool, pool_specs, resolve

@@ -12,7 +12,7 @@ import pytest
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2 as tpb
 from splitserve.generator import pb_convert as gen_convert
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     FinishReason,
     GenerationChunk,

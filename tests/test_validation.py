@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from splitserve.common.errors import InvalidRequest
-from splitserve.generator.types import EngineCapabilities, EngineInfo, GenerationRequest, SamplingParams
+from splitserve.link.types import EngineCapabilities, EngineInfo, GenerationRequest, SamplingParams
 from splitserve.generator.validation import validate_request
 
 INFO = EngineInfo("m", "torch", vocab_size=100, eos_token_ids=(2,), max_input_tokens=8, max_total_tokens=12,

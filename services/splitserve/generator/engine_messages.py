@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+from splitserve.link.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
 
 # -- to the engine process ---------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from splitserve.generator.engine_messages import (
     StreamError,
     ToEngine,
 )
-from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+from splitserve.link.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig

@@ -30,7 +30,7 @@ from splitserve.generator.engine_messages import (
     StreamError,
     ToEngine,
 )
-from splitserve.generator.types import GenerationChunk
+from splitserve.link.types import GenerationChunk
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     FinishReason,
     GenerationChunk,

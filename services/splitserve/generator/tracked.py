@@ -10,7 +10,7 @@ from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.generator.coalesce import coalesced
 from splitserve.generator.engine import Engine
 from splitserve.generator.pb_convert import request_from_pb
-from splitserve.generator.types import GenerationChunk
+from splitserve.link.types import GenerationChunk
 from splitserve.generator.validation import validate_request
 
 

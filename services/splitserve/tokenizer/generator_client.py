@@ -14,7 +14,7 @@ from splitserve.api.tokens.v1 import tokens_pb2_grpc
 from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded, ReplicaUnavailable, RequestError
 from splitserve.common.grpc_server import SERVER_OPTIONS
 from splitserve.generator.pb_convert import chunk_from_pb, request_to_pb
-from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.link.types import GenerationChunk, GenerationRequest
 from splitserve.tokenizer.multiplex_client import MultiplexedClient
 
 

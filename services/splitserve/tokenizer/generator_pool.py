@@ -18,7 +18,7 @@ import grpc
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, ReplicaUnavailable
-from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.link.types import GenerationChunk, GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.parity import TokenizerMismatch, parity_problem
 from splitserve.tokenizer.pool_probe import ClientFactory, ProbedGeneratorClient, Replica, probe

@@ -23,7 +23,7 @@ from splitserve.common.errors import DeadlineExceeded, EngineUnavailable, Reques
 from splitserve.common.request_telemetry import SERVER_FAULTS
 from splitserve.generator.multiplex import RPC_ATTRIBUTES, SPAN_NAME
 from splitserve.generator.pb_convert import chunk_from_pb, request_to_pb
-from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.link.types import GenerationChunk, GenerationRequest
 
 _STATUS_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 

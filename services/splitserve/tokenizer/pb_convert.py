@@ -6,7 +6,7 @@ import uuid
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
-from splitserve.generator.types import GenerationRequest, SamplingParams
+from splitserve.link.types import GenerationRequest, SamplingParams
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
