@@ -211,7 +211,7 @@ async def test_when_the_connection_ends_every_open_stream_fails_and_nothing_hang
         await anext(stream)
     link.disconnect()
     for stream in streams:
-        with pytest.raises(ReplicaUnavailable, match="^generator tier: UNAVAILABLE: connection lost$"):
+        with pytest.raises(ReplicaUnavailable, match=r"^generator tier: UNAVAILABLE: connection lost$"):
             await anext(stream)
     with pytest.raises(EngineUnavailable):
         await ids_of(link.generate(GenerationRequest("late", [1])))

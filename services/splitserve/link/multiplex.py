@@ -79,11 +79,8 @@ class CallingEnd:
     def open_streams(self) -> int:
         return len(self._inboxes)
 
-    async def stream(self, start: Send, cancel: Send, pace_s: float = 0.0) -> AsyncGenerator[GenerationChunk, None]:
-        """Opens a stream with `start(id)` and yields its chunks; closing it early sends `cancel(id)`.
-
-        With `pace_s`, waits that long after each chunk so that the next one gathers more tokens.
-        """
+    async def stream(self, start: Send, cancel: Send) -> AsyncGenerator[GenerationChunk, None]:
+        """Opens a stream with `start(id)` and yields its chunks; closing it early sends `cancel(id)`."""
         stream_id, inbox = next(self._ids), Inbox()
         self._inboxes[stream_id] = inbox
         started = finished = False
@@ -94,8 +91,6 @@ class CallingEnd:
                 chunk = await inbox.take()
                 finished = chunk.finish_reason is not None
                 yield chunk
-                if pace_s and not finished:
-                    await asyncio.sleep(pace_s)
         except RequestError:
             finished = True  # the serving end ended the stream itself
             raise

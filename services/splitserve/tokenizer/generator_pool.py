@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, ReplicaUnavailable
-from splitserve.link.types import GenerationChunk, GenerationRequest
+from splitserve.link.types import GenerationChunk, GenerationRequest, GeneratorInfo
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.parity import TokenizerMismatch, parity_problem
 from splitserve.tokenizer.pool_probe import ClientFactory, ProbedGeneratorClient, Replica, probe
@@ -50,7 +49,7 @@ class GeneratorPool:
     def __init__(self, spec: PoolSpec, fingerprint: str, make_client: ClientFactory,
                  timing: PoolTiming = PoolTiming()) -> None:
         self.spec = spec
-        self.info: pb.GetModelInfoResponse | None = None  # the first accepted replica's: the pool's limits
+        self.info: GeneratorInfo | None = None  # the first accepted replica's: the pool's limits
         self._fingerprint = fingerprint
         self._make_client = make_client
         self._timing = timing
@@ -156,7 +155,7 @@ class GeneratorPool:
                 self._adopt(replica, result)
         await self._close_drained()
 
-    def _adopt(self, replica: Replica, info: pb.GetModelInfoResponse) -> None:
+    def _adopt(self, replica: Replica, info: GeneratorInfo) -> None:
         """The first accepted replica sets the pool's limits; others accepted in the same round must match."""
         if self.info is None:
             self.info = info

@@ -56,7 +56,6 @@ async def start_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None =
     make_client = client_factory(telemetry.client_interceptors(),
                                  credentials=edge.generator_credentials(config), tracer=telemetry.tracer,
                                  multiplexed=config.generator_transport == "many",
-                                 stream_interval_s=config.stream_interval_ms / 1000,
                                  tls_server_name=config.generator_tls_server_name)
     generator = build_pools(config, codec.fingerprint, make_client)
     try:  # a pool whose fixed replicas all fail the parity check raises TokenizerMismatch
