@@ -108,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     telemetry.add_arguments(tok, telemetry.DEFAULT_METRICS_PORTS["tokenizer"])
     tok.set_defaults(func=_run_tokenizer)
 
-    for name, func, text in (("up", _run_up, "run both tiers on loopback until Ctrl-C"),
+    up_text = ("run both tiers on loopback until Ctrl-C or SIGTERM (exit 0); if any tier process exits (e.g. a "
+               "generator killed), stop the others and exit 1: nothing is restarted")
+    for name, func, text in (("up", _run_up, up_text),
                              ("demo", _run_demo, "start both tiers, stream one generation, stop")):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, description=text)
         _add_model_arguments(cmd)
         cmd.add_argument("--address", default="127.0.0.1:50051", help="public API address")
         cmd.add_argument("--generator-address", default="127.0.0.1:50052")
