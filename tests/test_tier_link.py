@@ -48,17 +48,19 @@ class NoGenerator(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoGenerator())
 
 import grpc
+from splitserve import cli
 from splitserve.api.text.v1 import text_pb2 as pb, text_pb2_grpc
-from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer import config
 from splitserve.tokenizer.server import start_tokenizer
 
 
 async def main(model_dir, name, generator):
     results = {}
     for transport in ("many", "stream"):
-        server = await start_tokenizer(TokenizerConfig(
-            model_dir, name, address="127.0.0.1:0", generator_address=generator, generator_transport=transport,
-            generator_wait_seconds=60, grace_seconds=0))
+        args = cli.build_parser("tokenizer").parse_args([  # the command line `splitserve tokenizer` parses
+            "tokenizer", "--model", model_dir, "--address", "127.0.0.1:0", "--generator", generator,
+            "--generator-transport", transport, "--grace-seconds", "0"])
+        server = await start_tokenizer(config.from_args(args, model_dir, name))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = text_pb2_grpc.TextGenerationServiceStub(channel)
