@@ -42,5 +42,6 @@ def api_packages() -> list[str]:
 # Every build (wheel, sdist, editable) runs this file, so the stubs always match protos/.
 generate_stubs()
 setup(packages=[
-    "splitserve", "splitserve.common", "splitserve.generator", "splitserve.generator.engines",
-    "splitserve.tokenizer", "splitserve.bench", "splitserve_client", *api_packages()])
+    "splitserve", "splitserve.common", "splitserve.link", "splitserve.generator", "splitserve.generator.engines",
+    "splitserve.generator.engines.native", "splitserve.tokenizer", "splitserve.bench", "splitserve_client",
+    *api_packages()])

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitserve.generator.engines.native.engine import NativeEngine
-from splitserve.generator.types import GenerationChunk, GenerationRequest, SamplingParams, TokenOutput
 from splitserve.generator.validation import validate_request
+from splitserve.link.types import GenerationChunk, GenerationRequest, SamplingParams, TokenOutput
 
 from .conftest import generator_config
 

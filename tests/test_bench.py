@@ -19,7 +19,7 @@ from splitserve.bench.records import RequestRecord
 from splitserve.common.model_store import DEFAULT_MODEL_NAME
 from splitserve.generator.config import GeneratorConfig
 from splitserve.generator.engines.bench_engine import BenchEngine, StepModel
-from splitserve.generator.types import GenerationRequest
+from splitserve.link.types import GenerationRequest
 
 
 def bench_args(*argv: str) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from pathlib import Path
 from splitserve.api.text.v1 import text_pb2 as text_pb
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.generator.coalesce import coalesced
-from splitserve.generator.types import FinishReason, GenerationChunk, TokenOutput
+from splitserve.link.types import FinishReason, GenerationChunk, TokenOutput
 
 from .bench_stack import BenchStack, bench_stack
 

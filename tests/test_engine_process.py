@@ -15,7 +15,7 @@ from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import create_engine
 from splitserve.generator.engine_process import EngineProcess
-from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest
+from splitserve.link.types import FinishReason, GenerationChunk, GenerationRequest
 
 from .bench_stack import bench_stack
 from .conftest import generator_config

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from splitserve.common.errors import EngineUnavailable
 from splitserve.generator.engines.native.engine import NativeEngine
-from splitserve.generator.types import FinishReason, SamplingParams
+from splitserve.link.types import FinishReason, SamplingParams
 
 from .native_support import PROMPTS, native_engine, run
 
@@ -77,7 +77,7 @@ async def test_cancelling_returns_every_block(engine: NativeEngine) -> None:
     before = blocks.num_free_blocks
 
     async def cancel_after_two_chunks(prompt: list[int]) -> None:
-        from splitserve.generator.types import GenerationRequest
+        from splitserve.link.types import GenerationRequest
 
         stream = engine.generate(GenerationRequest("cancel", prompt, max_new_tokens=200))
         await anext(stream)

@@ -30,8 +30,8 @@ from splitserve.generator.engines.native.scheduler import ScheduledChunk
 from splitserve.generator.engines.native.sequence import Sequence
 from splitserve.generator.engines.native.step_inputs import build_step_inputs
 from splitserve.generator.engines.native.tensor_parallel import TensorParallelFailure, pack_step, unpack_step
-from splitserve.generator.types import GenerationChunk, GenerationRequest
 from splitserve.generator.validation import validate_request
+from splitserve.link.types import GenerationChunk, GenerationRequest
 
 from .conftest import generator_config
 from .native_support import PROMPTS, run

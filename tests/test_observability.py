@@ -259,7 +259,7 @@ def _method_name(method: str | bytes) -> str:
 async def test_multiplexed_stream_goes_around_client_interceptors(stack: Stack) -> None:
     """GenerateMany traces each request itself. On a channel with interceptors, grpc.aio would pass
     each of its writes and reads through a queue and a task of its own, at a cost to every request."""
-    from splitserve.generator.types import GenerationRequest
+    from splitserve.link.types import GenerationRequest
     from splitserve.tokenizer.generator_client import GeneratorClient
 
     methods: list[str] = []

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncGenerator
 
 import pytest
 
-from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, ReplicaUnavailable
-from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
+from splitserve.link.types import (
+    EngineCapabilities,
+    EngineInfo,
+    EngineLoad,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    GeneratorInfo,
+    TokenOutput,
+)
 from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools, PoolTiming
 from splitserve.tokenizer.parity import TokenizerMismatch, parity_problem
 from splitserve.tokenizer.pool_targets import PoolSpec, parse_pool, pool_specs, resolve
 from splitserve.tokenizer.routing import ReplicaLoad, ReplicaState, pick
 
 FINGERPRINT = "f" * 64
-INFO = pb.GetModelInfoResponse(tokenizer_fingerprint=FINGERPRINT, vocab_size=100, eos_token_ids=[2],
-                               max_input_tokens=10, max_total_tokens=20, max_new_tokens=10, default_max_new_tokens=5)
+INFO = GeneratorInfo(EngineInfo("m", "bench", vocab_size=100, eos_token_ids=(2,), max_input_tokens=10,
+                                max_total_tokens=20, max_new_tokens=10, default_max_new_tokens=5, max_batch_size=8,
+                                capabilities=EngineCapabilities()), FINGERPRINT)
 
 
 def accepted(address: str, outstanding: int = 0, serving: bool = True) -> ReplicaLoad:
@@ -50,9 +60,7 @@ def test_parity_refuses_another_tokenizer_or_other_limits() -> None:
     assert parity_problem(INFO, FINGERPRINT, None) is None
     assert parity_problem(INFO, FINGERPRINT, INFO) is None
     assert "different tokenizer" in (parity_problem(INFO, "0" * 64, None) or "")
-    other = pb.GetModelInfoResponse()
-    other.CopyFrom(INFO)
-    other.max_total_tokens = 40
+    other = dataclasses.replace(INFO, engine_info=dataclasses.replace(INFO.engine_info, max_total_tokens=40))
     assert "max_total_tokens is 40" in (parity_problem(other, FINGERPRINT, INFO) or "")
 
 
@@ -83,14 +91,11 @@ class FakeGeneratorClient:
     async def is_serving(self, timeout: float) -> bool:
         return True
 
-    async def model_info(self, timeout: float) -> pb.GetModelInfoResponse:
-        info = pb.GetModelInfoResponse()
-        info.CopyFrom(INFO)
-        info.tokenizer_fingerprint = self.fingerprint
-        return info
+    async def model_info(self, timeout: float) -> GeneratorInfo:
+        return dataclasses.replace(INFO, tokenizer_fingerprint=self.fingerprint)
 
-    async def load(self, timeout: float = 5.0) -> pb.GetLoadResponse:
-        return pb.GetLoadResponse()
+    async def load(self, timeout: float = 5.0) -> EngineLoad:
+        return EngineLoad(0, 0, 0.0, 8)
 
     async def generate(self, request: GenerationRequest,
                        timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:

@@ -11,8 +11,9 @@ import pytest
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2 as tpb
-from splitserve.generator import pb_convert as gen_convert
-from splitserve.generator.types import (
+from splitserve.link import convert as gen_convert
+from splitserve.link.multiplex import merge
+from splitserve.link.types import (
     EngineCapabilities,
     FinishReason,
     GenerationChunk,
@@ -21,7 +22,6 @@ from splitserve.generator.types import (
     TokenOutput,
 )
 from splitserve.tokenizer import pb_convert as text_convert
-from splitserve.tokenizer.multiplex_client import _merge
 from splitserve.tokenizer.pipeline import generate_text
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
@@ -68,10 +68,10 @@ def test_cached_prompt_tokens_ride_on_the_final_message_both_ways() -> None:
 
 
 def test_multiplexed_deltas_keep_cached_prompt_tokens_when_merged() -> None:
-    deltas = [gen_convert.chunk_to_delta(3, GenerationChunk([TokenOutput(5)])),
-              gen_convert.chunk_to_delta(3, GenerationChunk([TokenOutput(6)], FinishReason.EOS_TOKEN, 2, 8, 2, None,
-                                                            num_cached_prompt_tokens=6))]
-    merged = _merge(deltas)
+    outputs = gen_convert.outputs_to_pb([(3, GenerationChunk([TokenOutput(5)])),
+                                         (3, GenerationChunk([TokenOutput(6)], FinishReason.EOS_TOKEN, 2, 8, 2, None,
+                                                             num_cached_prompt_tokens=6))])
+    merged = merge([gen_convert.delta_from_pb(d) for d in outputs.deltas])  # type: ignore[misc]
     assert [t.token_id for t in merged.tokens] == [5, 6]
     assert (merged.num_cached_prompt_tokens, merged.num_prompt_tokens, merged.stop_token_id) == (6, 8, 2)
 
@@ -101,13 +101,12 @@ def codec(model_dir: Path) -> TextCodec:
 
 
 def test_usage_carries_cached_prompt_tokens_to_stream_and_unary(codec: TextCodec) -> None:
-    first = text_convert.stream_response(TextChunk("a"), "r", codec)
-    last = text_convert.stream_response(
-        TextChunk("b", finish_reason=TextFinishReason.LENGTH, prompt_tokens=9, completion_tokens=2,
-                  cached_prompt_tokens=5), "r", codec)
+    chunks = [TextChunk("a"), TextChunk("b", finish_reason=TextFinishReason.LENGTH, prompt_tokens=9,
+                                        completion_tokens=2, cached_prompt_tokens=5)]
+    first, last = (text_convert.stream_response(chunk, "r", codec) for chunk in chunks)
     assert not first.HasField("usage")
     assert last.usage == pb.Usage(prompt_tokens=9, completion_tokens=2, cached_prompt_tokens=5)
-    assert text_convert.unary_response([first, last], "r", "m").usage.cached_prompt_tokens == 5
+    assert text_convert.unary_response(chunks, "r", "m", codec).usage.cached_prompt_tokens == 5
 
 
 class _FinalChunkGenerator:

@@ -175,7 +175,7 @@ async def test_generator_certificate_is_checked_against_the_configured_name(
     client = GeneratorClient(secure.stack.generator_address, credentials=credentials, tls_server_name=server_name)
     try:
         if reachable:
-            assert (await client.model_info(timeout=5)).vocab_size == 49152
+            assert (await client.model_info(timeout=5)).engine_info.vocab_size == 49152
         else:
             with pytest.raises(grpc.aio.AioRpcError):
                 await client.model_info(timeout=2)

@@ -201,7 +201,7 @@ async def test_limits_are_reported_and_enforced(stub: Any, generator: GeneratorS
 async def test_engine_dir_limit_check_names_the_build_limit(engine_dir: Path) -> None:
     from splitserve.common.errors import InvalidRequest
     from splitserve.generator.engines.trtllm_limits import check_request, limit_error, read_engine_limits
-    from splitserve.generator.types import GenerationRequest
+    from splitserve.link.types import GenerationRequest
 
     limits = read_engine_limits(str(engine_dir))
     with pytest.raises(InvalidRequest, match="max_seq_len=96"):
@@ -242,7 +242,7 @@ async def test_llmapi_errors_map_to_status_codes(model_dir: Path, engine_dir: Pa
 async def _check_prompt_over_max_num_tokens(server: GeneratorServer, llm: Any) -> None:
     """The LLM API's own prompt check raises RequestError too (reached here past our validation)."""
     from splitserve.common.errors import InvalidRequest
-    from splitserve.generator.types import GenerationRequest
+    from splitserve.link.types import GenerationRequest
 
     request = GenerationRequest("long", [5] * (llm.standin_max_num_tokens + 1), max_new_tokens=1)
     with pytest.raises(InvalidRequest, match="should not exceed max_num_tokens"):

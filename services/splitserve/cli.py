@@ -88,18 +88,22 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command; with `command`, only that one gets its arguments (and imports what they need), so that
+    `splitserve tokenizer` never imports the generator tier."""
     from splitserve.common import telemetry
-    from splitserve.generator import config as generator_config
     from splitserve.tokenizer import config as tokenizer_config
 
     parser = argparse.ArgumentParser(prog="splitserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generator", help="run the generator tier (token IDs in, token IDs out)")
-    _add_model_arguments(gen)
-    generator_config.add_arguments(gen)
-    telemetry.add_arguments(gen, telemetry.DEFAULT_METRICS_PORTS["generator"])
+    if command in (None, "generator"):
+        from splitserve.generator import config as generator_config
+
+        _add_model_arguments(gen)
+        generator_config.add_arguments(gen)
+        telemetry.add_arguments(gen, telemetry.DEFAULT_METRICS_PORTS["generator"])
     gen.set_defaults(func=_run_generator)
 
     tok = sub.add_parser("tokenizer", help="run the tokenizer tier (the public text API)")
@@ -108,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     telemetry.add_arguments(tok, telemetry.DEFAULT_METRICS_PORTS["tokenizer"])
     tok.set_defaults(func=_run_tokenizer)
 
-    for name, func, text in (("up", _run_up, "run both tiers on loopback until Ctrl-C"),
+    up_text = ("run both tiers on loopback until Ctrl-C or SIGTERM (exit 0); if any tier process exits (e.g. a "
+               "generator killed), stop the others and exit 1: nothing is restarted")
+    for name, func, text in (("up", _run_up, up_text),
                              ("demo", _run_demo, "start both tiers, stream one generation, stop")):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, description=text)
         _add_model_arguments(cmd)
         cmd.add_argument("--address", default="127.0.0.1:50051", help="public API address")
         cmd.add_argument("--generator-address", default="127.0.0.1:50052")
@@ -131,19 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "$SPLITSERVE_AUTH_TOKEN)")
     client.set_defaults(func=_run_generate)
 
-    from splitserve.generator.engines.trtllm_build import add_build_engine_arguments
-
     build = sub.add_parser("build-engine", help="build a TensorRT-LLM engine (convert_checkpoint.py + trtllm-build)")
-    _add_model_arguments(build)
-    add_build_engine_arguments(build)
+    if command in (None, "build-engine"):
+        from splitserve.generator.engines.trtllm_build import add_build_engine_arguments
+
+        _add_model_arguments(build)
+        add_build_engine_arguments(build)
     build.set_defaults(func=_run_build_engine)
 
-    from splitserve.bench import add_bench_arguments, run_bench
-
     bench = sub.add_parser("bench", help="load-test the public API and report throughput, latency and CPU cost")
-    add_bench_arguments(bench)
-    bench.add_argument("--log-level", default="WARNING")
-    bench.set_defaults(func=run_bench)
+    if command in (None, "bench"):
+        from splitserve.bench import add_bench_arguments, run_bench
+
+        add_bench_arguments(bench)
+        bench.add_argument("--log-level", default="WARNING")
+        bench.set_defaults(func=run_bench)
 
     fetch = sub.add_parser("fetch-model", help="fetch and convert the default model into the cache")
     _add_model_arguments(fetch)
@@ -152,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))

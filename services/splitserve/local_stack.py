@@ -112,7 +112,8 @@ def stop_processes(processes: Sequence[Process], timeout: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def local_stack(args: argparse.Namespace, model_path: str, model_name: str) -> Iterator[StackPlan]:
+def local_stack(args: argparse.Namespace, model_path: str,
+                model_name: str) -> Iterator[tuple[StackPlan, list[Process]]]:
     """Starts the generators then the tokenizers; stops them all (SIGTERM, then SIGKILL) on exit."""
     plan = StackPlan.strided(args.address, args.generator_address, getattr(args, "tokenizers", 1),
                              getattr(args, "generators", 1))
@@ -121,19 +122,38 @@ def local_stack(args: argparse.Namespace, model_path: str, model_name: str) -> I
     try:
         for address in plan.tokenizers:
             wait_serving(address, processes, READY_TIMEOUT_S)
-        yield plan
+        yield plan, processes
     finally:
         stop_processes(processes)
 
 
+UP_POLL_S = 0.5  # how soon `up` notices a tier that exited
+
+
 def run_up(args: argparse.Namespace, model_path: str, model_name: str) -> int:
-    with local_stack(args, model_path, model_name) as plan:
+    """Serves until Ctrl-C or SIGTERM (exit 0), or until a tier exits: then it stops the others and exits 1."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    with local_stack(args, model_path, model_name) as (plan, processes):
+        # Blocked only now: children inherit the mask, and theirs must let SIGTERM through.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait only sees blocked signals
         print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
               f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
-        stop_signals = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait only sees blocked signals
-        signal.sigwait(stop_signals)
+        while signal.sigtimedwait(stop_signals, UP_POLL_S) is None:
+            if (dead := exited(processes)) is not None:
+                print(f"splitserve up: {_tier_of(dead)} (pid {dead.pid}) exited with {dead.returncode}; "
+                      "stopping the others", file=sys.stderr, flush=True)
+                return 1
     return 0
+
+
+def exited(processes: Sequence[Process]) -> Process | None:
+    """The first process that has exited (and is reaped, so no defunct child is left), if any."""
+    return next((p for p in processes if p.poll() is not None), None)
+
+
+def _tier_of(process: Process) -> str:
+    args = list(process.args) if isinstance(process.args, list) else [str(process.args)]
+    return "the generator" if "generator" in args else "the tokenizer" if "tokenizer" in args else str(args)
 
 
 def run_demo(args: argparse.Namespace, model_path: str, model_name: str) -> int:

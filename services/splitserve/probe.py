@@ -1,7 +1,9 @@
 """A grpc.health.v1 check for Kubernetes exec probes: `python -m splitserve.probe 127.0.0.1:50051 [--tls-ca …]`.
 
 The kubelet's own gRPC probe cannot speak TLS, so with TLS on the probe runs in the container: exit 0 when
-the server reports SERVING, 1 otherwise. It imports only grpc, so a probe costs a fraction of a second.
+the server reports SERVING, 1 otherwise (readiness). With `--live` it exits 0 whenever the server answers at
+all, SERVING or not (liveness: a tokenizer with no usable generator is not ready, but restarting it would
+not help). It imports only grpc, so a probe costs a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from splitserve.common.tls import channel_credentials
 
 
 def check(address: str, credentials: grpc.ChannelCredentials | None, server_name: str | None,
-          timeout: float) -> bool:
-    """True when the server at `address` reports SERVING."""
+          timeout: float, live: bool = False) -> bool:
+    """True when the server at `address` reports SERVING (with `live`: when it answers at all)."""
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     channel = (grpc.secure_channel(address, credentials, options) if credentials
                else grpc.insecure_channel(address, options))
@@ -27,7 +29,7 @@ def check(address: str, credentials: grpc.ChannelCredentials | None, server_name
         except grpc.RpcError as error:
             print(f"{address}: {error.code().name}", file=sys.stderr)
             return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    return live or bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
     parser.add_argument("--server-name", default=None, help="name in the server's certificate (TLS)")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--live", action="store_true", help="liveness: succeed on any answer, SERVING or not")
     args = parser.parse_args(argv)
     credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    return 0 if check(args.address, credentials, args.server_name, args.timeout) else 1
+    return 0 if check(args.address, credentials, args.server_name, args.timeout, args.live) else 1
 
 
 if __name__ == "__main__":

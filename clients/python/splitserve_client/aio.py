@@ -33,8 +33,7 @@ class AsyncClient:
 
     async def generate(self, prompt: Input, options: GenerationOptions | None = None,
                        timeout: float | None = None) -> Completion:
-        stream_msg = build_request(prompt, options or GenerationOptions())
-        msg = pb.GenerateRequest.FromString(stream_msg.SerializeToString())
+        msg = build_request(prompt, options or GenerationOptions(), pb.GenerateRequest)
         return completion_from_pb(await self._stub.Generate(msg, timeout=timeout, metadata=self._metadata))
 
     async def generate_stream(self, prompt: Input, options: GenerationOptions | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from splitserve.api.text.v1 import text_pb2 as pb
 
@@ -71,9 +72,13 @@ def finish_name(value: int) -> str | None:
     return pb.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
 
 
-def build_request(prompt: Input, options: GenerationOptions) -> pb.GenerateStreamRequest:
-    """The request message for either Generate RPC (both share their fields)."""
-    msg = pb.GenerateStreamRequest(
+AnyRequest = TypeVar("AnyRequest", pb.GenerateRequest, pb.GenerateStreamRequest)
+
+
+def build_request(prompt: Input, options: GenerationOptions,
+                  kind: type[AnyRequest] = pb.GenerateStreamRequest) -> AnyRequest:  # type: ignore[assignment]
+    """The request message of either Generate RPC (`kind`: the two messages have the same fields)."""
+    msg = kind(
         request_id=options.request_id, model=options.model,
         sampling=pb.SamplingParams(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
                                    seed=options.seed, min_p=options.min_p, presence_penalty=options.presence_penalty,

@@ -14,8 +14,8 @@ from splitserve.bench.records import RequestRecord
 from splitserve.bench.workload import WorkItem
 from splitserve.common.errors import RequestError
 from splitserve.generator.engine import Engine
-from splitserve.generator.types import GenerationRequest
 from splitserve.generator.validation import validate_request
+from splitserve.link.types import GenerationRequest
 
 
 class Target(Protocol):

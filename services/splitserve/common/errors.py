@@ -59,12 +59,3 @@ class Cancelled(RequestError):
 
     code_name = "CANCELLED"
 
-
-def error_for_code(code_name: str, message: str) -> RequestError:
-    """The RequestError subclass for a gRPC status name (unknown codes become UNAVAILABLE)."""
-    for cls in (InvalidRequest, ModelNotFound, Overloaded, DeadlineExceeded, Cancelled):
-        if cls.code_name == code_name:
-            return cls(message)
-    if code_name == "UNAVAILABLE":  # the generator pool retries these on another replica
-        return ReplicaUnavailable(f"generator tier: {code_name}: {message}")
-    return EngineUnavailable(f"generator tier: {code_name}: {message}")

@@ -37,9 +37,10 @@ class HealthReporter:
 
     servicer: Any  # grpc_health.v1.health.aio.HealthServicer (the package ships no type hints)
     service_names: Sequence[str]
+    draining: bool = False  # once draining, nothing reports SERVING again
 
     async def set(self, serving: bool) -> None:
-        status = SERVING if serving else NOT_SERVING
+        status = SERVING if serving and not self.draining else NOT_SERVING
         for name in ("", *self.service_names):
             await self.servicer.set(name, status)
 
@@ -54,6 +55,7 @@ class BoundServer:
 
     async def drain(self, grace_seconds: float) -> None:
         """NOT_SERVING, then stop: calls in flight get `grace_seconds` to finish, new ones are refused."""
+        self.health.draining = True
         await self.health.set(False)
         await self.server.stop(grace_seconds)
 

@@ -7,6 +7,7 @@ from typing import NoReturn
 import grpc
 
 from splitserve.common.errors import Overloaded, RequestError
+from splitserve.link.errors import status_code
 
 RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -19,5 +20,5 @@ async def abort_with(context: grpc.aio.ServicerContext, error: RequestError) -> 
     trailers = tuple(context.trailing_metadata() or ())
     if isinstance(error, Overloaded):
         trailers += ((RETRY_AFTER_KEY, str(error.retry_after_ms)),)
-    await context.abort(getattr(grpc.StatusCode, error.code_name), error.message, trailers)
+    await context.abort(status_code(error), error.message, trailers)
     raise AssertionError("unreachable")  # context.abort raises

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import AsyncGenerator
 
-from splitserve.generator.types import GenerationChunk, TokenOutput
+from splitserve.link.types import GenerationChunk, TokenOutput
 
 
 async def coalesced(chunks: AsyncGenerator[GenerationChunk, None],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+from splitserve.link.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig

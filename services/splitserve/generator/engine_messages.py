@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+from splitserve.link.multiplex import Output
+from splitserve.link.types import EngineInfo, EngineLoad, GenerationRequest
 
 # -- to the engine process ---------------------------------------------------------------------------
 
@@ -47,18 +48,13 @@ class StartFailed:
 
 
 @dataclass(frozen=True)
-class StreamError:
-    """A stream ended with a request error: the code name of a RequestError and its message."""
-
-    code_name: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Outputs:
-    """Everything produced since the last message, for all streams at once, with the engine's load."""
+    """Everything produced since the last message, for all streams at once, with the engine's load.
 
-    items: list[tuple[int, GenerationChunk | StreamError]]
+    A stream's error is its RequestError itself (exceptions pickle with their class and message).
+    """
+
+    items: list[tuple[int, Output]]
     load: EngineLoad
 
 

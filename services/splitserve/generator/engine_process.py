@@ -22,15 +22,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from splitserve.common.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    EngineUnavailable,
-    InvalidRequest,
-    ModelNotFound,
-    Overloaded,
-    RequestError,
-)
+from splitserve.common.errors import EngineUnavailable
 from splitserve.generator import engine_worker
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engine_messages import (
@@ -42,10 +34,10 @@ from splitserve.generator.engine_messages import (
     Shutdown,
     Start,
     StartFailed,
-    StreamError,
     ToEngine,
 )
-from splitserve.generator.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
+from splitserve.link.multiplex import CallingEnd
+from splitserve.link.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
 
 if TYPE_CHECKING:
     from splitserve.generator.config import GeneratorConfig
@@ -105,8 +97,7 @@ class EngineProcess:
         self._started: asyncio.Future[EngineInfo] | None = None
         self._info: EngineInfo | None = None
         self._load = EngineLoad(0, 0, 0.0, config.max_batch_size)
-        self._streams: dict[int, asyncio.Queue[GenerationChunk | RequestError]] = {}
-        self._ids = itertools.count(1)
+        self._streams = CallingEnd()
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
 
@@ -125,24 +116,14 @@ class EngineProcess:
             raise EngineUnavailable("the engine process is (re)starting; retry shortly")
         return self._stream(self._child, request)
 
-    async def _stream(self, child: _Child, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
-        stream_id, inbox = next(self._ids), asyncio.Queue[GenerationChunk | RequestError]()
-        self._streams[stream_id] = inbox
-        finished = False
-        try:
+    def _stream(self, child: _Child, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        async def start(stream_id: int) -> None:
             child.send(Start(stream_id, request))
-            while not finished:
-                item = await inbox.get()
-                if isinstance(item, RequestError):
-                    finished = True
-                    raise item
-                finished = item.finish_reason is not None
-                yield item
-        finally:
-            self._streams.pop(stream_id, None)
-            if not finished:
-                with contextlib.suppress(EngineUnavailable):
-                    child.send(Cancel(stream_id))
+
+        async def cancel(stream_id: int) -> None:
+            child.send(Cancel(stream_id))
+
+        return self._streams.stream(start, cancel)
 
     def load(self) -> EngineLoad:
         return self._load
@@ -182,8 +163,8 @@ class EngineProcess:
         if isinstance(message, Outputs):
             self._load = message.load
             for stream_id, item in message.items:
-                if (inbox := self._streams.get(stream_id)) is not None:
-                    inbox.put_nowait(item if isinstance(item, GenerationChunk) else _error(item))
+                if (inbox := self._streams.inbox(stream_id)) is not None:
+                    inbox.put(item)
         elif isinstance(message, Health):
             self._on_health(message.serving)
         elif isinstance(message, Ready):
@@ -230,14 +211,5 @@ class EngineProcess:
             return
 
     def _fail_streams(self, reason: str) -> None:
-        for inbox in self._streams.values():
-            inbox.put_nowait(EngineUnavailable(reason))
+        self._streams.fail_all(EngineUnavailable(reason))
 
-
-_ERRORS = {cls.code_name: cls for cls in (InvalidRequest, ModelNotFound, Overloaded, DeadlineExceeded, Cancelled,
-                                          EngineUnavailable)}
-
-
-def _error(item: StreamError) -> RequestError:
-    """The child's request error, rebuilt with its class (INTERNAL for anything else)."""
-    return _ERRORS.get(item.code_name, RequestError)(item.message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -19,18 +20,9 @@ from splitserve.common.errors import RequestError
 from splitserve.common.request_log import configure_logging
 from splitserve.generator.config import GeneratorConfig
 from splitserve.generator.engine import Engine, create_engine
-from splitserve.generator.engine_messages import (
-    Cancel,
-    Health,
-    Outputs,
-    Ready,
-    Shutdown,
-    Start,
-    StartFailed,
-    StreamError,
-    ToEngine,
-)
-from splitserve.generator.types import GenerationChunk
+from splitserve.generator.engine_messages import Cancel, Health, Outputs, Ready, Shutdown, Start, StartFailed, ToEngine
+from splitserve.link.errors import error_from_status
+from splitserve.link.multiplex import Output, ServingEnd
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +54,14 @@ async def _serve(config: GeneratorConfig, conn: Connection) -> None:
 
 
 class _Worker:
-    """Starts and cancels the parent's streams on the engine; batches their outputs into the pipe."""
+    """Starts and cancels the parent's streams on the engine; sends their outputs once per loop turn."""
 
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.engine: Engine | None = None
         self._conn = conn
         self._loop = loop
         self._inbound: asyncio.Queue[ToEngine | None] = asyncio.Queue()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._outbox: list[tuple[int, GenerationChunk | StreamError]] = []
+        self._streams = ServingEnd(self._schedule_flush)
         self._flush_scheduled = False
 
     def health(self, serving: bool) -> None:
@@ -81,14 +72,12 @@ class _Worker:
         threading.Thread(target=self._receive, name="engine-pipe-reader", daemon=True).start()
         while (message := await self._inbound.get()) is not None and not isinstance(message, Shutdown):
             if isinstance(message, Start):
-                self._tasks[message.stream_id] = self._loop.create_task(self._run(message))
-            elif isinstance(message, Cancel) and (task := self._tasks.get(message.stream_id)) is not None:
-                task.cancel()
+                self._streams.start(message.stream_id, functools.partial(self._run, message))
+            elif isinstance(message, Cancel):
+                self._streams.cancel(message.stream_id)
 
     async def abort_all(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._streams.cancel_all()
 
     def _receive(self) -> None:
         """Blocking reads on a thread (the GIL is free while it waits); EOF means the parent is gone."""
@@ -101,22 +90,9 @@ class _Worker:
 
     async def _run(self, start: Start) -> None:
         assert self.engine is not None
-        try:
-            async with contextlib.aclosing(self.engine.generate(start.request)) as chunks:
-                async for chunk in chunks:
-                    self._emit(start.stream_id, chunk)
-        except RequestError as error:
-            self._emit(start.stream_id, StreamError(error.code_name, error.message))
-        except asyncio.CancelledError:
-            pass  # the parent cancelled it: nobody waits for its output
-        except Exception as error:  # one request's failure must not end the others
-            log.exception("request %s failed in the engine", start.request.request_id)
-            self._emit(start.stream_id, StreamError("INTERNAL", f"engine error: {error}"))
-        finally:
-            self._tasks.pop(start.stream_id, None)
+        await self._streams.pump(start.stream_id, self.engine.generate(start.request))
 
-    def _emit(self, stream_id: int, item: GenerationChunk | StreamError) -> None:
-        self._outbox.append((stream_id, item))
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:  # after every ready callback of this loop turn has run
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -124,6 +100,13 @@ class _Worker:
     def _flush(self) -> None:
         assert self.engine is not None
         self._flush_scheduled = False
-        items, self._outbox = self._outbox, []
+        if not self._streams.has_outputs:
+            return  # only a stream's end woke us
+        items = [(stream_id, _plain(item)) for stream_id, item in self._streams.take()]
         with contextlib.suppress(OSError):  # the parent is gone; the reader thread ends the loop
             self._conn.send(Outputs(items, self.engine.load()))
+
+
+def _plain(item: Output) -> Output:
+    """An error as one of the link's own classes, so that any engine's error unpickles in the parent."""
+    return error_from_status(item.code_name, item.message) if isinstance(item, RequestError) else item

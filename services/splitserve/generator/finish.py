@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from splitserve.generator.types import FinishReason, GenerationRequest
+from splitserve.link.types import FinishReason, GenerationRequest
 
 
 def stop_reason(token_id: int | None, request: GenerationRequest, eos_token_ids: Collection[int],

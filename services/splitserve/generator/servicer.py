@@ -15,8 +15,9 @@ from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.status import abort_with
 from splitserve.generator.engine import Engine
 from splitserve.generator.multiplex import MultiplexedStream
-from splitserve.generator.pb_convert import capabilities_to_pb, chunk_to_pb
 from splitserve.generator.tracked import run_tracked
+from splitserve.link.convert import chunk_to_pb, info_to_pb, load_to_pb, request_from_pb
+from splitserve.link.types import GeneratorInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
                 tracked.set_trace_id(context)
                 self._check_ready()
                 # aclosing: a cancelled call closes the stream, which aborts the request in the engine
-                async with contextlib.aclosing(run_tracked(self._engine, tracked, request)) as chunks:
+                stream = run_tracked(self._engine, tracked, request_from_pb(request))
+                async with contextlib.aclosing(stream) as chunks:
                     async for chunk in chunks:
                         yield chunk_to_pb(chunk)
         except RequestError as error:
@@ -62,15 +64,7 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
             self._check_ready()
         except RequestError as error:
             await abort_with(context, error)
-        info = self._engine.info
-        return pb.GetModelInfoResponse(
-            model=info.model_name, engine=info.engine, vocab_size=info.vocab_size,
-            eos_token_ids=list(info.eos_token_ids), max_input_tokens=info.max_input_tokens,
-            max_total_tokens=info.max_total_tokens, max_new_tokens=info.max_new_tokens,
-            default_max_new_tokens=info.default_max_new_tokens, max_batch_size=info.max_batch_size,
-            tokenizer_fingerprint=self._fingerprint,
-            capabilities=capabilities_to_pb(info.capabilities),
-        )
+        return info_to_pb(GeneratorInfo(self._engine.info, self._fingerprint))
 
     async def GetLoad(
         self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
@@ -79,6 +73,4 @@ class TokenGenerationServicer(tokens_pb2_grpc.TokenGenerationServiceServicer):
             self._check_ready()
         except RequestError as error:
             await abort_with(context, error)
-        load = self._engine.load()
-        return pb.GetLoadResponse(queued_requests=load.queued_requests, running_requests=load.running_requests,
-                                  cache_utilization=load.cache_utilization, max_batch_size=load.max_batch_size)
+        return load_to_pb(self._engine.load())

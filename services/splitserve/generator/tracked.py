@@ -5,20 +5,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator
 
-from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.generator.coalesce import coalesced
 from splitserve.generator.engine import Engine
-from splitserve.generator.pb_convert import request_from_pb
-from splitserve.generator.types import GenerationChunk
 from splitserve.generator.validation import validate_request
+from splitserve.link.types import GenerationChunk, GenerationRequest
 
 
 async def run_tracked(engine: Engine, tracked: TrackedRequest,
-                      request: pb.GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
-    """Yields the request's chunks; closing this generator aborts the request in the engine."""
+                      request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+    """Yields the request's chunks, held for its message interval; closing this aborts the request in the engine."""
     info = engine.info  # some engines build it on each access
-    validated = validate_request(request_from_pb(request), info)
+    validated = validate_request(request, info)
     tracked.set_engine(info.engine)
     stream = tracked.observe(engine.generate(validated), "queue_wait", "decode")
     if request.min_message_interval_ms:  # the caller wants fewer, larger messages

@@ -10,7 +10,7 @@ import math
 from dataclasses import replace
 
 from splitserve.common.errors import InvalidRequest
-from splitserve.generator.types import EngineInfo, GenerationRequest, SamplingParams
+from splitserve.link.types import EngineInfo, GenerationRequest, SamplingParams
 
 MAX_STOP_TOKEN_IDS = 256
 

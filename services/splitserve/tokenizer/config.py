@@ -20,7 +20,7 @@ class TokenizerConfig:
     address: str = "127.0.0.1:50051"
     generator_address: str = "127.0.0.1:50052"
     generator_transport: str = "many"  # "many": one GenerateMany stream per generator; "stream": a call per request
-    stream_interval_ms: float = 0.0  # with "many": at most one text message per request per interval
+    stream_interval_ms: float = 0.0  # at most one message per request per interval, held by the generator
     max_stop_sequences: int = 16
     max_stop_sequence_length: int = 256
     max_prompt_chars: int = 1_000_000

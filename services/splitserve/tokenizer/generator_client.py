@@ -11,24 +11,17 @@ from opentelemetry import trace
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.api.tokens.v1 import tokens_pb2_grpc
-from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded, ReplicaUnavailable, RequestError
+from splitserve.common.errors import RequestError
 from splitserve.common.grpc_server import SERVER_OPTIONS
-from splitserve.generator.pb_convert import chunk_from_pb, request_to_pb
-from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.link.convert import GENERATOR_TIER, chunk_from_pb, info_from_pb, load_from_pb, request_to_pb
+from splitserve.link.errors import error_from_status
+from splitserve.link.types import EngineLoad, GenerationChunk, GenerationRequest, GeneratorInfo
 from splitserve.tokenizer.multiplex_client import MultiplexedClient
 
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> RequestError:
-    """Maps the generator's status onto the error the public API returns."""
-    details = error.details() or ""
-    code = error.code()
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Overloaded(details)
-    if code == grpc.StatusCode.UNAVAILABLE:  # the pool retries these on another replica
-        return ReplicaUnavailable(f"generator tier: {code.name}: {details}")
-    return EngineUnavailable(f"generator tier: {code.name}: {details}")
+    """The generator's status as the error the public API returns (UNAVAILABLE: the pool may retry elsewhere)."""
+    return error_from_status(error.code().name, error.details() or "", GENERATOR_TIER)
 
 
 class GeneratorClient:
@@ -36,8 +29,7 @@ class GeneratorClient:
 
     def __init__(self, address: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = (), *,
                  credentials: grpc.ChannelCredentials | None = None, multiplexed: bool = True,
-                 tracer: trace.Tracer | None = None, stream_interval_s: float = 0.0,
-                 tls_server_name: str | None = None) -> None:
+                 tracer: trace.Tracer | None = None, tls_server_name: str | None = None) -> None:
         self.address = address
         # interceptors: tracing's client spans and the traceparent header on every call
         self._channel = _open_channel(address, credentials, tls_server_name, interceptors)
@@ -48,25 +40,24 @@ class GeneratorClient:
         # Channels with equal arguments share the connection.
         self._mux_channel = _open_channel(address, credentials, tls_server_name, ()) if interceptors else self._channel
         self._mux = MultiplexedClient(tokens_pb2_grpc.TokenGenerationServiceStub(self._mux_channel),
-                                      tracer or trace.get_tracer(__name__), stream_interval_s) if multiplexed else None
+                                      tracer or trace.get_tracer(__name__)) if multiplexed else None
 
-    async def model_info(self, timeout: float) -> pb.GetModelInfoResponse:
+    async def model_info(self, timeout: float) -> GeneratorInfo:
         """Waits up to `timeout` for the generator to answer (it may be starting or loading its model)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                result: pb.GetModelInfoResponse = await self._stub.GetModelInfo(
-                    pb.GetModelInfoRequest(), timeout=max(remaining, 0.1), wait_for_ready=True)
-                return result
+                reply = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=max(remaining, 0.1),
+                                                      wait_for_ready=True)
+                return info_from_pb(reply)
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE or remaining <= 0:
                     raise
             await asyncio.sleep(0.5)
 
-    async def load(self, timeout: float = 5.0) -> pb.GetLoadResponse:
-        result: pb.GetLoadResponse = await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
-        return result
+    async def load(self, timeout: float = 5.0) -> EngineLoad:
+        return load_from_pb(await self._stub.GetLoad(pb.GetLoadRequest(), timeout=timeout))
 
     def generate(self, request: GenerationRequest, timeout: float | None) -> AsyncGenerator[GenerationChunk, None]:
         """Streams chunks; closing this iterator aborts the request upstream."""

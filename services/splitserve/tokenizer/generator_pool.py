@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
-from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import EngineUnavailable, ReplicaUnavailable
-from splitserve.generator.types import GenerationChunk, GenerationRequest
+from splitserve.link.types import GenerationChunk, GenerationRequest, GeneratorInfo
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.parity import TokenizerMismatch, parity_problem
 from splitserve.tokenizer.pool_probe import ClientFactory, ProbedGeneratorClient, Replica, probe
@@ -50,7 +49,7 @@ class GeneratorPool:
     def __init__(self, spec: PoolSpec, fingerprint: str, make_client: ClientFactory,
                  timing: PoolTiming = PoolTiming()) -> None:
         self.spec = spec
-        self.info: pb.GetModelInfoResponse | None = None  # the first accepted replica's: the pool's limits
+        self.info: GeneratorInfo | None = None  # the first accepted replica's: the pool's limits
         self._fingerprint = fingerprint
         self._make_client = make_client
         self._timing = timing
@@ -58,6 +57,7 @@ class GeneratorPool:
         self._retired: list[Replica] = []  # removed from DNS: closed once their streams end
         self._turn = 0
         self._task: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] = lambda: None  # called when replicas may have become (un)usable
 
     @property
     def model(self) -> str:
@@ -65,6 +65,11 @@ class GeneratorPool:
 
     def replicas(self) -> list[Replica]:
         return list(self._replicas.values())
+
+    @property
+    def is_usable(self) -> bool:
+        """Some replica is accepted and serving: a request would be routed."""
+        return any(r.load.is_routable for r in self._replicas.values())
 
     async def start(self, wait_seconds: float) -> None:
         """Starts the maintenance task and waits until one replica is accepted."""
@@ -98,6 +103,7 @@ class GeneratorPool:
                 return
             except ReplicaUnavailable as error:
                 replica.load.serving = False  # until the next probe says otherwise
+                self.on_change()
                 if produced or len(tried) > 1 or not self._has_other(tried):
                     raise
                 log.warning("request %s: generator %s failed before its first token (%s); retrying elsewhere",
@@ -154,9 +160,10 @@ class GeneratorPool:
                 log.warning("probing generator %s failed: %r", replica.load.address, result)
             elif result is not None:
                 self._adopt(replica, result)
+        self.on_change()
         await self._close_drained()
 
-    def _adopt(self, replica: Replica, info: pb.GetModelInfoResponse) -> None:
+    def _adopt(self, replica: Replica, info: GeneratorInfo) -> None:
         """The first accepted replica sets the pool's limits; others accepted in the same round must match."""
         if self.info is None:
             self.info = info
@@ -187,6 +194,27 @@ class GeneratorPools:
     def __init__(self, pools: Sequence[GeneratorPool]) -> None:
         self._pools = {pool.model: pool for pool in pools}
         self.default = pools[0]
+        self._listener: Callable[[bool], None] | None = None
+        self._usable = False
+
+    @property
+    def is_usable(self) -> bool:
+        """Some pool can route a request. Every tokenizer process shares the same pools, so one whose model
+        has no replica left is no reason to send this process's other traffic elsewhere."""
+        return any(pool.is_usable for pool in self._pools.values())
+
+    def watch(self, listener: Callable[[bool], None]) -> None:
+        """Calls `listener(usable)` now and whenever `is_usable` changes (readiness follows it)."""
+        self._listener, self._usable = listener, self.is_usable
+        for pool in self._pools.values():
+            pool.on_change = self._check
+        listener(self._usable)
+
+    def _check(self) -> None:
+        usable = self.is_usable
+        if usable != self._usable and self._listener is not None:
+            self._usable = usable
+            self._listener(usable)
 
     @property
     def models(self) -> list[str]:

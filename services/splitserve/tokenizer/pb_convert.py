@@ -6,7 +6,7 @@ import uuid
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
-from splitserve.generator.types import GenerationRequest, SamplingParams
+from splitserve.link.types import GenerationRequest, SamplingParams
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
@@ -85,6 +85,7 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         min_new_tokens=stopping.min_new_tokens, stop_token_ids=tuple(stopping.stop_token_ids),
         ignore_eos=stopping.ignore_eos, logprobs=options.logprobs or options.top_logprobs > 0,
         top_logprobs=options.top_logprobs,
+        min_message_interval_ms=round(config.stream_interval_ms),  # the generator holds tokens that long
     )
     return TextRequest(
         generation=generation, stop=tuple(stops),
@@ -105,27 +106,33 @@ def tokens_to_pb(chunk: TextChunk, codec: TextCodec) -> list[pb.Token]:
 def stream_response(chunk: TextChunk, request_id: str, codec: TextCodec) -> pb.GenerateStreamResponse:
     msg = pb.GenerateStreamResponse(request_id=request_id, text=chunk.text, tokens=tokens_to_pb(chunk, codec))
     if chunk.finish_reason is not None:
-        msg.finish_reason = _FINISH[chunk.finish_reason]
         msg.stop_sequence = chunk.stop_sequence
-        msg.usage.CopyFrom(pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
-                                    cached_prompt_tokens=chunk.cached_prompt_tokens))
-        if chunk.seed is not None:
-            msg.seed = chunk.seed
-        if chunk.stop_token_id is not None:
-            msg.stop_token_id = chunk.stop_token_id
+        msg.usage.CopyFrom(_usage(chunk))
+        _set_finish(msg, chunk)
     return msg
 
 
-def unary_response(parts: list[pb.GenerateStreamResponse], request_id: str, model: str) -> pb.GenerateResponse:
-    """Folds a finished stream into one response."""
-    last = parts[-1]
-    msg = pb.GenerateResponse(
-        request_id=request_id, model=model, text="".join(p.text for p in parts),
-        tokens=[t for p in parts for t in p.tokens], finish_reason=last.finish_reason,
-        stop_sequence=last.stop_sequence, usage=last.usage,
-    )
-    if last.HasField("seed"):
+def _usage(chunk: TextChunk) -> pb.Usage:
+    return pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
+                    cached_prompt_tokens=chunk.cached_prompt_tokens)
+
+
+def _set_finish(msg: pb.GenerateResponse | pb.GenerateStreamResponse, last: TextChunk) -> None:
+    if last.finish_reason is not None:
+        msg.finish_reason = _FINISH[last.finish_reason]
+    if last.seed is not None:
         msg.seed = last.seed
-    if last.HasField("stop_token_id"):
+    if last.stop_token_id is not None:
         msg.stop_token_id = last.stop_token_id
+
+
+def unary_response(chunks: list[TextChunk], request_id: str, model: str, codec: TextCodec) -> pb.GenerateResponse:
+    """A finished stream's chunks as one response."""
+    last = chunks[-1]
+    msg = pb.GenerateResponse(
+        request_id=request_id, model=model, text="".join(c.text for c in chunks),
+        tokens=[t for c in chunks for t in tokens_to_pb(c, codec)], stop_sequence=last.stop_sequence,
+        usage=_usage(last),
+    )
+    _set_finish(msg, last)
     return msg

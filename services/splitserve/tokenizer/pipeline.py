@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from splitserve.common.request_telemetry import TrackedRequest
-from splitserve.generator.types import FinishReason, GenerationChunk
+from splitserve.link.types import FinishReason, GenerationChunk
 from splitserve.tokenizer.detokenizer import IncrementalDetokenizer
 from splitserve.tokenizer.generator_pool import TokenGenerator
 from splitserve.tokenizer.stop_strings import StopStringMatcher

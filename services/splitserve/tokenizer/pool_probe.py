@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from splitserve.api.tokens.v1 import tokens_pb2 as pb
+from splitserve.link.types import GeneratorInfo
 from splitserve.tokenizer.generator_client import GeneratorClient
 from splitserve.tokenizer.parity import parity_problem
 from splitserve.tokenizer.routing import ReplicaLoad, ReplicaState
@@ -43,8 +43,8 @@ class Replica:
         return cls(ReplicaLoad(address), make_client(address))
 
 
-async def probe(replica: Replica, fingerprint: str, reference: pb.GetModelInfoResponse | None,
-                make_client: ClientFactory, timeout: float) -> pb.GetModelInfoResponse | None:
+async def probe(replica: Replica, fingerprint: str, reference: GeneratorInfo | None,
+                make_client: ClientFactory, timeout: float) -> GeneratorInfo | None:
     """Updates the replica's health, parity and load; returns its model info when it was just accepted."""
     load = replica.load
     with suppress_instrumentation():  # a probe a second per replica must not make a trace each
@@ -63,13 +63,13 @@ async def probe(replica: Replica, fingerprint: str, reference: pb.GetModelInfoRe
             return None
 
 
-async def _check_parity(replica: Replica, fingerprint: str, reference: pb.GetModelInfoResponse | None,
-                        timeout: float) -> pb.GetModelInfoResponse | None:
+async def _check_parity(replica: Replica, fingerprint: str, reference: GeneratorInfo | None,
+                        timeout: float) -> GeneratorInfo | None:
     info = await replica.client.model_info(timeout)
     problem = parity_problem(info, fingerprint, reference)
     if problem is None:
         replica.load.state = ReplicaState.ACCEPTED
-        log.info("generator %s accepted (%s engine)", replica.load.address, info.engine)
+        log.info("generator %s accepted (%s engine)", replica.load.address, info.engine_info.engine)
         return info
     replica.load.state, replica.refusal = ReplicaState.REFUSED, problem
     log.error("refusing generator %s: %s", replica.load.address, problem)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from splitserve.api.text.v1 import text_pb2, text_pb2_grpc
@@ -56,7 +57,6 @@ async def start_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None =
     make_client = client_factory(telemetry.client_interceptors(),
                                  credentials=edge.generator_credentials(config), tracer=telemetry.tracer,
                                  multiplexed=config.generator_transport == "many",
-                                 stream_interval_s=config.stream_interval_ms / 1000,
                                  tls_server_name=config.generator_tls_server_name)
     generator = build_pools(config, codec.fingerprint, make_client)
     try:  # a pool whose fixed replicas all fail the parity check raises TokenizerMismatch
@@ -67,10 +67,31 @@ async def start_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None =
         raise
     servicer.set_ready(codec, generator)
     telemetry.start_metrics(host_of(config.address))
-    await bound.health.set(True)
+    generator.watch(_readiness(bound))  # SERVING while a replica is usable (it is now: start waited for one)
     log.info("tokenizer tier serving %s on port %d (generator pools: %s)", config.model_name, bound.port,
              ", ".join(generator.models))
     return TokenizerServer(bound, generator, config, telemetry)
+
+
+def _readiness(bound: BoundServer) -> Callable[[bool], None]:
+    """Reports the pools' usability as the server's health; each change is set by a task of its own, which
+    sets the latest value (tasks may interleave, and the last word must win)."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+    latest = [True]
+
+    async def apply() -> None:
+        await bound.health.set(latest[0])
+
+    def report(usable: bool) -> None:
+        log.log(logging.INFO if usable else logging.WARNING, "generator replicas usable: %s; health %s",
+                usable, "SERVING" if usable else "NOT_SERVING")
+        latest[0] = usable
+        task = loop.create_task(apply())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return report
 
 
 async def run_tokenizer(config: TokenizerConfig, telemetry: Telemetry | None = None) -> None:

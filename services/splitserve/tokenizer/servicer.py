@@ -9,15 +9,16 @@ import grpc
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
-from splitserve.api.tokens.v1 import tokens_pb2
 from splitserve.common.errors import InvalidRequest, ModelNotFound, NotReady, RequestError
 from splitserve.common.request_telemetry import RequestTracker, TrackedRequest
 from splitserve.common.status import abort_with
+from splitserve.link.types import GeneratorInfo
 from splitserve.tokenizer import pb_convert
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools
 from splitserve.tokenizer.pipeline import generate_text
 from splitserve.tokenizer.text_codec import TextCodec
+from splitserve.tokenizer.types import TextChunk
 
 # Prompts longer than this are tokenized on a worker thread so the event loop keeps streaming.
 OFF_LOOP_PROMPT_CHARS = 8192
@@ -40,8 +41,8 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
         return self._parts()[0]
 
     @property
-    def _info(self) -> tokens_pb2.GetModelInfoResponse:
-        return _pool_info(self._parts()[1].default)
+    def _vocab_size(self) -> int:
+        return _pool_info(self._parts()[1].default).engine_info.vocab_size
 
     def _parts(self) -> tuple[TextCodec, GeneratorPools]:
         if self._ready is None:
@@ -53,18 +54,19 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     ) -> pb.GenerateResponse:
         request_id = pb_convert.request_id_of(request)
         try:
-            parts = [part async for part in self._stream(request, request_id, context)]
+            chunks = [chunk async for chunk in self._stream(request, request_id, context)]
+            model = self._check_model(request.model).model  # the pool's name (empty asks for the default)
         except RequestError as error:
             await abort_with(context, error)
-        return pb_convert.unary_response(parts, request_id, self._config.model_name)
+        return pb_convert.unary_response(chunks, request_id, model, self._codec)
 
     async def GenerateStream(
         self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         request_id = pb_convert.request_id_of(request)
         try:
-            async for part in self._stream(request, request_id, context):
-                yield part
+            async for chunk in self._stream(request, request_id, context):
+                yield pb_convert.stream_response(chunk, request_id, self._codec)
         except RequestError as error:
             await abort_with(context, error)
 
@@ -84,9 +86,10 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     ) -> pb.DetokenizeResponse:
         try:
             self._check_model(request.model)
-            bad = [i for i in request.ids if i >= self._info.vocab_size]
+            vocab_size = self._vocab_size
+            bad = [i for i in request.ids if i >= vocab_size]
             if bad:
-                raise InvalidRequest(f"token id {bad[0]} is out of vocabulary (vocab_size={self._info.vocab_size})")
+                raise InvalidRequest(f"token id {bad[0]} is out of vocabulary (vocab_size={vocab_size})")
             skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
             return pb.DetokenizeResponse(text=self._codec.decode(request.ids, skip))
         except RequestError as error:
@@ -97,7 +100,7 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
     ) -> pb.GetModelInfoResponse:
         try:
             pool = self._check_model(request.model)
-            info, cfg = _pool_info(pool), self._config
+            info, cfg = _pool_info(pool).engine_info, self._config
         except RequestError as error:
             await abort_with(context, error)
         return pb.GetModelInfoResponse(
@@ -110,11 +113,11 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
         )
 
     async def _stream(self, request: pb_convert.AnyGenerateRequest, request_id: str,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateStreamResponse]:
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[TextChunk]:
         with self._tracker.track(request_id) as tracked:
             tracked.set_trace_id(context)
             pool = self._check_model(request.model)
-            tracked.set_engine(_pool_info(pool).engine)
+            tracked.set_engine(_pool_info(pool).engine_info.engine)
             with tracked.phase("tokenize"):
                 prompt_ids = await self._encode(request)
             _record_prompt(tracked, request)
@@ -124,7 +127,7 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
                 tracked.record_output(chunk.text)
                 if chunk.finish_reason is not None:
                     tracked.finish(chunk.finish_reason.value, chunk.prompt_tokens, chunk.completion_tokens)
-                yield pb_convert.stream_response(chunk, request_id, self._codec)
+                yield chunk
 
     async def _encode(self, request: pb_convert.AnyGenerateRequest | pb.TokenizeRequest) -> list[int]:
         size = len(request.prompt) if request.WhichOneof("input") == "prompt" else 0  # type: ignore[union-attr]
@@ -142,7 +145,7 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
         return pool
 
 
-def _pool_info(pool: GeneratorPool) -> tokens_pb2.GetModelInfoResponse:
+def _pool_info(pool: GeneratorPool) -> GeneratorInfo:
     """The pool's limits, fixed by its first accepted replica (a pool is not served before it has one)."""
     assert pool.info is not None, "pools are started before the servicer is ready"
     return pool.info

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from splitserve.generator.types import GenerationRequest
+from splitserve.link.types import GenerationRequest
 
 
 class TextFinishReason(enum.Enum):

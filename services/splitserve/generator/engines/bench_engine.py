@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import HealthListener
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     EngineInfo,
     EngineLoad,

@@ -26,7 +26,7 @@ from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engines.transformers_loading import LoadedModel, load_model
 from splitserve.generator.finish import stop_reason
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     EngineInfo,
     EngineLoad,

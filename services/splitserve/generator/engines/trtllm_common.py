@@ -13,7 +13,7 @@ from types import ModuleType
 
 from splitserve.common.errors import Overloaded
 from splitserve.generator.finish import stop_reason
-from splitserve.generator.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
+from splitserve.link.types import FinishReason, GenerationChunk, GenerationRequest, TokenOutput
 
 # The release container the adapters are validated in (deploy/trtllm/validate.sh).
 TENSORRT_LLM_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"

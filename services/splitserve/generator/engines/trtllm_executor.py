@@ -25,7 +25,7 @@ from splitserve.generator.engines.trtllm_common import (
 )
 from splitserve.generator.engines.trtllm_limits import check_request, read_engine_limits
 from splitserve.generator.engines.trtllm_versions import installed_version
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     EngineInfo,
     EngineLoad,

@@ -26,7 +26,7 @@ from splitserve.generator.engines.trtllm_limits import limit_error
 from splitserve.generator.engines.trtllm_mpi import mpi_rank
 from splitserve.generator.engines.trtllm_poller import ResponsePoller
 from splitserve.generator.engines.trtllm_sampling import executor_kwargs
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     FinishReason,
     GenerationChunk,

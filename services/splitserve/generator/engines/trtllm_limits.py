@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitserve.common.errors import InvalidRequest
-from splitserve.generator.types import GenerationRequest
+from splitserve.link.types import GenerationRequest
 
 
 @dataclass(frozen=True)

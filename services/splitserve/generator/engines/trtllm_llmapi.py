@@ -31,7 +31,7 @@ from splitserve.generator.engines.trtllm_common import (
 from splitserve.generator.engines.trtllm_errors import is_engine_fault, llmapi_error
 from splitserve.generator.engines.trtllm_sampling import llmapi_kwargs
 from splitserve.generator.engines.trtllm_versions import installed_version, llmapi_capabilities
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     EngineInfo,
     EngineLoad,

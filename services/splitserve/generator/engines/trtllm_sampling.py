@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from splitserve.generator.engines.trtllm_common import ModelFacts, end_and_stop_ids
-from splitserve.generator.types import GenerationRequest, SamplingParams
+from splitserve.link.types import GenerationRequest, SamplingParams
 
 
 def llmapi_kwargs(request: GenerationRequest, facts: ModelFacts) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from splitserve.generator.engines.trtllm_common import (
 )
 from splitserve.generator.engines.trtllm_limits import EngineLimits, limit_error
 from splitserve.generator.engines.trtllm_sampling import runner_kwargs
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     FinishReason,
     GenerationChunk,

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from packaging.version import InvalidVersion, Version
 
-from splitserve.generator.types import EngineCapabilities
+from splitserve.link.types import EngineCapabilities
 
 # EngineCapabilities field -> the first TensorRT-LLM release whose LLM API honours it (None: no
 # release is known to). A capability added to EngineCapabilities later takes one line here.

@@ -22,7 +22,7 @@ from splitserve.generator.engines.native.tensor_parallel import (
     check_tensor_parallel,
 )
 from splitserve.generator.finish import stop_reason
-from splitserve.generator.types import (
+from splitserve.link.types import (
     EngineCapabilities,
     EngineInfo,
     EngineLoad,

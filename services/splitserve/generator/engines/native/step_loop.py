@@ -19,7 +19,7 @@ from splitserve.generator.engines.native.block_manager import BlockManager
 from splitserve.generator.engines.native.model_runner import ModelRunner, StepSamples
 from splitserve.generator.engines.native.scheduler import Scheduler, SchedulerOutput
 from splitserve.generator.engines.native.sequence import Sequence
-from splitserve.generator.types import TokenOutput
+from splitserve.link.types import TokenOutput
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Plain data types of the generator tier: requests, outputs, limits and load."""
+"""Plain token-level types both tiers use: requests, outputs, the engine's limits and load."""
 
 from __future__ import annotations
 
@@ -47,6 +47,9 @@ class GenerationRequest:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # Hold new tokens up to this long after the last message (0: none), so each message carries more of
+    # them; applied once, where the stream leaves the generator tier. Engines ignore it.
+    min_message_interval_ms: int = 0
 
 
 class TokenOutput(NamedTuple):
@@ -84,6 +87,17 @@ class EngineCapabilities:
     min_p: bool = False
 
 
+class PoolLimits(NamedTuple):
+    """The part of EngineInfo that replicas of one pool must agree on."""
+
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    max_input_tokens: int
+    max_total_tokens: int
+    max_new_tokens: int
+    default_max_new_tokens: int
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What the engine serves and the limits every request is checked against."""
@@ -101,6 +115,12 @@ class EngineInfo:
     engine_version: str = ""  # e.g. "TensorRT-LLM 1.2.1": what a capability depends on, named in refusals
 
     @property
+    def pool_limits(self) -> PoolLimits:
+        """The limits every replica of a pool must share (the tokenizer tier advertises them)."""
+        return PoolLimits(self.vocab_size, self.eos_token_ids, self.max_input_tokens, self.max_total_tokens,
+                          self.max_new_tokens, self.default_max_new_tokens)
+
+    @property
     def engine_label(self) -> str:
         """The engine as refusals name it: `'trtllm' (TensorRT-LLM 1.2.1)`."""
         return f"{self.engine!r} ({self.engine_version})" if self.engine_version else repr(self.engine)
@@ -114,3 +134,11 @@ class EngineLoad:
     running_requests: int
     cache_utilization: float
     max_batch_size: int
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """What a generator replica reports about itself: its engine's info and its tokenizer's fingerprint."""
+
+    engine_info: EngineInfo
+    tokenizer_fingerprint: str
