@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from splitserve.common.server_flags import add_server_security_arguments
 from splitserve.generator.engine import ENGINE_NAMES, OLD_ENGINE_NAMES
-from splitserve.generator.types import EngineCapabilities, EngineInfo
+from splitserve.link.types import EngineCapabilities, EngineInfo
 
 
 @dataclass(frozen=True)
