@@ -71,6 +71,7 @@ async def start_generator(config: GeneratorConfig, telemetry: Telemetry | None =
     except BaseException:
         await engine.stop()  # its loop thread is not a daemon: a half-started engine would hang exit
         await bound.server.stop(0)
+        telemetry.shutdown()  # frees the metrics port too: a failed start must leave nothing bound
         raise
     servicer.ready = True
     await bound.health.set(True)
