@@ -36,6 +36,14 @@ def _spawn(tier: str, model_path: str, model_name: str, extra: list[str]) -> Pro
     return subprocess.Popen(command)
 
 
+class TierExited(RuntimeError):
+    """A tier process exited before the stack was up."""
+
+    def __init__(self, process: Process) -> None:
+        super().__init__(f"{process.args!r} exited with {process.returncode}")
+        self.process = process
+
+
 def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
     """Polls grpc.health.v1 until SERVING; fails early if a tier exits."""
     deadline = time.monotonic() + timeout
@@ -44,7 +52,7 @@ def wait_serving(address: str, processes: list[subprocess.Popen[bytes]], timeout
         while time.monotonic() < deadline:
             for process in processes:
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+                    raise TierExited(process)
             with contextlib.suppress(grpc.RpcError):
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -133,17 +141,24 @@ UP_POLL_S = 0.5  # how soon `up` notices a tier that exited
 def run_up(args: argparse.Namespace, model_path: str, model_name: str) -> int:
     """Serves until Ctrl-C or SIGTERM (exit 0), or until a tier exits: then it stops the others and exits 1."""
     stop_signals = {signal.SIGINT, signal.SIGTERM}
-    with local_stack(args, model_path, model_name) as (plan, processes):
-        # Blocked only now: children inherit the mask, and theirs must let SIGTERM through.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait only sees blocked signals
-        print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
-              f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
-        while signal.sigtimedwait(stop_signals, UP_POLL_S) is None:
-            if (dead := exited(processes)) is not None:
-                print(f"splitserve up: {_tier_of(dead)} (pid {dead.pid}) exited with {dead.returncode}; "
-                      "stopping the others", file=sys.stderr, flush=True)
-                return 1
+    try:
+        with local_stack(args, model_path, model_name) as (plan, processes):
+            # Blocked only now: children inherit the mask, and theirs must let SIGTERM through.
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait only sees blocked signals
+            print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
+                  f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
+            while signal.sigtimedwait(stop_signals, UP_POLL_S) is None:
+                if (dead := exited(processes)) is not None:
+                    return _tier_died(dead)
+    except TierExited as error:  # during start-up: the same end, with the same message
+        return _tier_died(error.process)
     return 0
+
+
+def _tier_died(dead: Process) -> int:
+    print(f"splitserve up: {_tier_of(dead)} (pid {dead.pid}) exited with {dead.returncode}; stopping the others",
+          file=sys.stderr, flush=True)
+    return 1
 
 
 def exited(processes: Sequence[Process]) -> Process | None:
