@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
 from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import RequestError
@@ -39,17 +41,16 @@ def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
                              presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
 
 
-def sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
-    return SamplingParams(
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
-        seed=s.seed if s.HasField("seed") else None,
-        min_p=s.min_p if s.HasField("min_p") else None,
-        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
-        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
-    )
+class OptionalFields(Protocol):
+    """A protobuf message whose fields are proto3 `optional` scalars (both APIs' SamplingParams)."""
+
+    def HasField(self, field_name: str) -> bool: ...  # protobuf's name
+
+
+def sampling_from_pb(s: OptionalFields) -> SamplingParams:
+    """Either API's SamplingParams (the same optional fields, by name) as the plain type; unset is None."""
+    return SamplingParams(**{f.name: getattr(s, f.name) if s.HasField(f.name) else None
+                             for f in dataclasses.fields(SamplingParams)})
 
 
 def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:

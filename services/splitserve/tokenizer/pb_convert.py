@@ -6,7 +6,8 @@ import uuid
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
-from splitserve.link.types import GenerationRequest, SamplingParams
+from splitserve.link.convert import sampling_from_pb
+from splitserve.link.types import GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
@@ -49,19 +50,6 @@ def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec,
     if kind == "token_ids":
         return list(msg.token_ids.ids)  # type: ignore[union-attr]
     raise InvalidRequest("the request has no input: set one of prompt, chat or token_ids")
-
-
-def sampling_from_pb(s: pb.SamplingParams) -> SamplingParams:
-    return SamplingParams(
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
-        seed=s.seed if s.HasField("seed") else None,
-        min_p=s.min_p if s.HasField("min_p") else None,
-        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
-        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
-    )
 
 
 def check_stops(stops: list[str], config: TokenizerConfig) -> None:
