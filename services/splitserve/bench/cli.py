@@ -15,8 +15,10 @@ from typing import Any
 import grpc
 
 from splitserve.bench.cpu import CpuMeter
+from splitserve.bench.hops import format_hops, hop_table
 from splitserve.bench.loadgen import Level, Window, run_level
 from splitserve.bench.report import format_level, ratios
+from splitserve.bench.span_sink import SpanSink
 from splitserve.bench.targets import EngineTarget, GrpcTarget, Target
 from splitserve.bench.workload import LengthSpec, Workload
 from splitserve.common.model_store import DEFAULT_MODEL, default_cache_dir, resolve_model
@@ -67,6 +69,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", type=Path, default=None, help="write the full report here")
     out.add_argument("--plot", type=Path, default=None, help="write a latency-vs-throughput PNG here")
     out.add_argument("--no-progress", action="store_true")
+    out.add_argument("--hops", action="store_true",
+                     help="the stack this bench starts exports its spans to the bench, which prints where each "
+                          "level's time to first token goes, hop by hop (adds the cost of exporting spans)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -121,27 +126,48 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
     generator_args = ["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
                       "--max-queued-requests", str(4 * max(args.max_batch_size, _max_in_flight(args))),
                       *args.generator_arg]
-    with started_stack(model_path, generator_args, args.tokenizer_arg, args.tokenizers) as stack:
+    with contextlib.ExitStack() as resources:
+        sink = resources.enter_context(SpanSink()) if args.hops else None
+        export = _span_export_flags(sink)
+        stack = resources.enter_context(started_stack(model_path, [*generator_args, *export],
+                                                      [*args.tokenizer_arg, *export], args.tokenizers))
         return await _grpc_levels(args, stack.addresses, workload,
                                   {"tokenizer": stack.tokenizer_pids, "generator": stack.generator_pid,
                                    "client": os.getpid()},  # the load generator: is it the limit?
-                                  model_path)
+                                  model_path, sink)
+
+
+def _span_export_flags(sink: SpanSink | None) -> list[str]:
+    """Both tiers export to the sink, in small batches so that a level's spans arrive before the next level."""
+    if sink is None:
+        return []
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # the tiers inherit the bench's environment
+    return ["--otlp-endpoint", sink.endpoint, "--otlp-protocol", "http/protobuf"]
+
+
+async def _report_hops(result: dict[str, Any], sink: SpanSink | None) -> None:
+    if sink is None:
+        return
+    await asyncio.sleep(1.0)  # the level's last spans are exported within 0.1 s of ending
+    result["hops"] = hop_table(sink.take(), result["ttft_ms"]["p50"])
+    print(format_hops(result["hops"]), flush=True)
 
 
 async def _grpc_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
-                       pids: dict[str, int | list[int]], model_path: str) -> list[dict[str, Any]]:
+                       pids: dict[str, int | list[int]], model_path: str,
+                       sink: SpanSink | None = None) -> list[dict[str, Any]]:
     if args.client_processes > 1:
-        return await _levels_from_processes(args, addresses, pids, model_path)
+        return await _levels_from_processes(args, addresses, pids, model_path, sink)
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     try:
-        return await _run_levels(args, GrpcTarget(channels, args.timeout), workload, pids)
+        return await _run_levels(args, GrpcTarget(channels, args.timeout), workload, pids, sink)
     finally:
         for channel in channels:
             await channel.close(None)
 
 
-async def _levels_from_processes(args: argparse.Namespace, addresses: list[str],
-                                 pids: dict[str, int | list[int]], model_path: str) -> list[dict[str, Any]]:
+async def _levels_from_processes(args: argparse.Namespace, addresses: list[str], pids: dict[str, int | list[int]],
+                                 model_path: str, sink: SpanSink | None) -> list[dict[str, Any]]:
     from splitserve.bench.client_pool import ClientSpec, client_pool, run_level_in_processes
 
     spec = ClientSpec(addresses, args.timeout, model_path, args.input_len, args.output_len,
@@ -151,6 +177,7 @@ async def _levels_from_processes(args: argparse.Namespace, addresses: list[str],
         for level in _levels(args):
             results.append(await run_level_in_processes(pool, args.client_processes, spec, level, window, cpu))
             print(format_level(results[-1], f"stack, {args.client_processes} client processes"), flush=True)
+            await _report_hops(results[-1], sink)
     return results
 
 
@@ -174,7 +201,7 @@ async def _engine_target(args: argparse.Namespace, model_path: str) -> AsyncIter
 
 
 async def _run_levels(args: argparse.Namespace, target: Target, workload: Workload,
-                      pids: dict[str, int | list[int]]) -> list[dict[str, Any]]:
+                      pids: dict[str, int | list[int]], sink: SpanSink | None = None) -> list[dict[str, Any]]:
     cpu = CpuMeter(pids) if pids else None
     window = Window(args.warmup, args.duration, args.drain, args.stagger)
     results = []
@@ -183,6 +210,7 @@ async def _run_levels(args: argparse.Namespace, target: Target, workload: Worklo
             result = await run_level(target, workload, level, window, cpu, bar)
         results.append(result)
         print(format_level(result, "in-process" if "in_process" in pids else "stack"), flush=True)
+        await _report_hops(result, sink)
     return results
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 
 from splitserve.common.server_flags import add_server_security_arguments
@@ -38,6 +39,7 @@ class GeneratorConfig:
     attention_backend: str = "auto"  # native engine: auto (triton on CUDA, torch elsewhere), triton, torch
     cuda_graphs: bool = True  # native engine on CUDA: capture decode steps
     enable_prefix_caching: bool = True  # native engine: share full KV blocks between equal prompt prefixes
+    gil_switch_interval_ms: float | None = None  # sys.setswitchinterval for this process (None: Python's 5 ms)
     max_receive_message_bytes: int = 16 * 1024 * 1024  # larger requests: RESOURCE_EXHAUSTED from gRPC itself
     max_concurrent_streams: int = 0  # per connection (HTTP/2); 0 keeps gRPC's default, no limit
     tls_cert: str | None = None  # PEM files; with tls_client_ca only tokenizer tiers with a client cert connect
@@ -102,6 +104,9 @@ def _add_native_arguments(parser: argparse.ArgumentParser, d: GeneratorConfig) -
                         help="native engine: run decode steps eagerly on CUDA")
     parser.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
                         help="native engine: do not share KV blocks between requests with a common prefix")
+    parser.add_argument("--gil-switch-interval-ms", type=float, default=d.gil_switch_interval_ms,
+                        help="how long a thread may hold the GIL while another waits for it (Python's default: "
+                             "5): lower lets the engine thread in sooner when gRPC work is busy")
 
 
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> GeneratorConfig:
@@ -119,6 +124,7 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
         kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
+        gil_switch_interval_ms=args.gil_switch_interval_ms,
         max_receive_message_bytes=args.max_receive_message_bytes, max_concurrent_streams=args.max_concurrent_streams,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
     )
@@ -138,6 +144,9 @@ def check(config: GeneratorConfig) -> None:
     if config.engine_process and config.engine not in ("native", "transformers", "torch", "bench"):
         raise ValueError("--engine-process serves the native, transformers and bench engines "
                          "(TensorRT-LLM runs its own workers)")
+    interval = config.gil_switch_interval_ms
+    if interval is not None and not 0 < interval <= 100:
+        raise ValueError("--gil-switch-interval-ms must be in (0, 100]")
     if config.tensor_parallel_size < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
     fraction = config.kv_cache_memory_fraction
@@ -145,3 +154,9 @@ def check(config: GeneratorConfig) -> None:
         raise ValueError("--kv-cache-memory-fraction must be in (0, 1)")
     if not 0 < config.kv_cache_free_gpu_memory_fraction <= 1:
         raise ValueError("--kv-cache-free-gpu-memory-fraction must be in (0, 1]")
+
+
+def apply_process_settings(config: GeneratorConfig) -> None:
+    """Settings of the whole process, applied by its entry point (the generator's, or the engine process's)."""
+    if config.gil_switch_interval_ms is not None:
+        sys.setswitchinterval(config.gil_switch_interval_ms / 1000)

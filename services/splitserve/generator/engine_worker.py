@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 
 from splitserve.common.errors import RequestError
 from splitserve.common.request_log import configure_logging
-from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.config import GeneratorConfig, apply_process_settings
 from splitserve.generator.engine import Engine, create_engine
 from splitserve.generator.engine_messages import Cancel, Health, Outputs, Ready, Shutdown, Start, StartFailed, ToEngine
 from splitserve.link.errors import error_from_status
@@ -31,6 +31,7 @@ def main(config: GeneratorConfig, conn: Connection, log_level: str) -> None:
     """Entry point of the child process (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent drains first
     configure_logging(log_level)
+    apply_process_settings(config)
     asyncio.run(_serve(config, conn))
 
 

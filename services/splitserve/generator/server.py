@@ -14,7 +14,7 @@ from splitserve.common.fingerprint import tokenizer_fingerprint
 from splitserve.common.grpc_server import BoundServer, create_server, server_options, wait_for_termination
 from splitserve.common.request_telemetry import RequestTracker
 from splitserve.common.telemetry import Telemetry, host_of
-from splitserve.generator.config import GeneratorConfig
+from splitserve.generator.config import GeneratorConfig, apply_process_settings
 from splitserve.generator.engine import Engine, create_engine
 from splitserve.generator.servicer import TokenGenerationServicer
 
@@ -81,6 +81,7 @@ async def start_generator(config: GeneratorConfig, telemetry: Telemetry | None =
 
 async def run_generator(config: GeneratorConfig, telemetry: Telemetry | None = None) -> None:
     """The generator process: serve until SIGTERM, then drain and stop."""
+    apply_process_settings(config)
     server = await start_generator(config, telemetry)
     print(f"generator ready on {config.address.rsplit(':', 1)[0]}:{server.port}", flush=True)
     try:
