@@ -19,6 +19,7 @@ from splitserve.link.types import FinishReason, GenerationChunk, GenerationReque
 
 from .bench_stack import bench_stack
 from .conftest import generator_config
+from .native_support import native_engine, run
 
 
 async def _collect(engine: EngineProcess, request: GenerationRequest) -> list[GenerationChunk]:
@@ -116,14 +117,22 @@ async def test_both_tiers_over_an_engine_process(model_dir: Path) -> None:
 
 
 async def test_the_native_engine_runs_in_a_child_process(model_dir: Path) -> None:
-    config = generator_config(model_dir, engine="native", engine_process=True, kv_page_size=16)
+    """The child serves the native engine through its direct streams: same tokens, and an abort frees the slot."""
+    prompt = [504, 3458, 282, 4649, 314]
+    async with native_engine(model_dir) as local:
+        expected = (await run(local, prompt, 8)).token_ids
+    config = generator_config(model_dir, engine="native", engine_process=True, kv_page_size=16, max_batch_size=1,
+                              max_queued_requests=0)
     process = create_engine(config, lambda _: None)
     assert isinstance(process, EngineProcess)
     await process.start()
     try:
         assert process.info.engine == "native" and process.info.capabilities.seed
-        request = GenerationRequest("r", [504, 3458, 282, 4649, 314], max_new_tokens=8)
-        chunks = await _collect(process, request)
+        long = process.generate(GenerationRequest("long", prompt, max_new_tokens=200))
+        await anext(long)
+        await long.aclose()  # the one batch slot must come free for the next request
+        chunks = await asyncio.wait_for(_collect(process, GenerationRequest("r", prompt, max_new_tokens=8)), 60)
     finally:
         await process.stop()
-    assert sum(len(c.tokens) for c in chunks) == 8 and chunks[-1].finish_reason is FinishReason.LENGTH
+    assert [t.token_id for c in chunks for t in c.tokens] == expected
+    assert chunks[-1].finish_reason is FinishReason.LENGTH and chunks[-1].num_generated_tokens == 8

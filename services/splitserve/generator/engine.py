@@ -8,8 +8,9 @@ its batch slot and cache.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from splitserve.common.errors import RequestError
 from splitserve.link.types import EngineInfo, EngineLoad, GenerationChunk, GenerationRequest
 
 if TYPE_CHECKING:
@@ -36,6 +37,22 @@ class Engine(Protocol):
 
     async def stop(self) -> None:
         """Aborts what is in flight and releases the device."""
+
+
+# Receives a stream's outputs on the event loop: its chunks in order, then nothing after the last
+# chunk (finish_reason set) or the error that ended it.
+Deliver = Callable[[GenerationChunk | RequestError], None]
+
+
+@runtime_checkable
+class DirectStreams(Protocol):
+    """An engine that can hand a stream's outputs to a callback, without a task or iterator per stream.
+
+    The engine process uses it: there, per-token asyncio work in front of the engine is pure cost.
+    """
+
+    def open_stream(self, request: GenerationRequest, deliver: Deliver) -> Callable[[], None]:
+        """Starts the request (raising RequestError if it cannot) and returns the function that aborts it."""
 
 
 # Called with False when the engine becomes unable to serve (e.g. its loop crashed), True when back.

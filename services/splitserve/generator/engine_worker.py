@@ -14,12 +14,13 @@ import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from splitserve.common.errors import RequestError
+from splitserve.common.errors import InvalidRequest, RequestError
 from splitserve.common.request_log import configure_logging
 from splitserve.generator.config import GeneratorConfig, apply_process_settings
-from splitserve.generator.engine import Engine, create_engine
+from splitserve.generator.engine import DirectStreams, Engine, create_engine
 from splitserve.generator.engine_messages import Cancel, Health, Outputs, Ready, Shutdown, Start, StartFailed, ToEngine
 from splitserve.link.errors import error_from_status
 from splitserve.link.multiplex import Output, ServingEnd
@@ -63,6 +64,7 @@ class _Worker:
         self._loop = loop
         self._inbound: asyncio.Queue[ToEngine | None] = asyncio.Queue()
         self._streams = ServingEnd(self._schedule_flush)
+        self._direct: dict[int, Callable[[], None]] = {}  # stream id -> abort, for engines with DirectStreams
         self._flush_scheduled = False
 
     def health(self, serving: bool) -> None:
@@ -73,12 +75,41 @@ class _Worker:
         threading.Thread(target=self._receive, name="engine-pipe-reader", daemon=True).start()
         while (message := await self._inbound.get()) is not None and not isinstance(message, Shutdown):
             if isinstance(message, Start):
-                self._streams.start(message.stream_id, functools.partial(self._run, message))
+                self._start(message)
             elif isinstance(message, Cancel):
-                self._streams.cancel(message.stream_id)
+                self._cancel(message.stream_id)
 
     async def abort_all(self) -> None:
+        for abort in self._direct.values():
+            abort()
+        self._direct.clear()
         await self._streams.cancel_all()
+
+    def _start(self, start: Start) -> None:
+        if not isinstance(self.engine, DirectStreams):
+            self._streams.start(start.stream_id, functools.partial(self._run, start))
+            return
+        if start.stream_id in self._direct:
+            self._streams.emit(start.stream_id, InvalidRequest(f"stream_id {start.stream_id} is in use"))
+            return
+        try:
+            abort = self.engine.open_stream(start.request, functools.partial(self._deliver, start.stream_id))
+        except RequestError as error:
+            self._streams.emit(start.stream_id, error)
+            return
+        self._direct[start.stream_id] = abort
+
+    def _deliver(self, stream_id: int, output: Output) -> None:
+        """A direct stream's output, on this loop: into the one outbox (its last one ends the stream)."""
+        if isinstance(output, RequestError) or output.finish_reason is not None:
+            self._direct.pop(stream_id, None)
+        self._streams.emit(stream_id, output)
+
+    def _cancel(self, stream_id: int) -> None:
+        if (abort := self._direct.pop(stream_id, None)) is not None:
+            abort()
+        else:
+            self._streams.cancel(stream_id)
 
     def _receive(self) -> None:
         """Blocking reads on a thread (the GIL is free while it waits); EOF means the parent is gone."""
