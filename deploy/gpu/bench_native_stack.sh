@@ -23,6 +23,7 @@ FIRST_ROUND="${FIRST_ROUND:-1}"
 ROUNDS="${ROUNDS:-3}"
 VARIANTS="${VARIANTS:-gen gil process}"
 PROFILE_VARIANTS="${PROFILE_VARIANTS:-gen process}"
+HOPS_VARIANTS="${HOPS_VARIANTS:-$VARIANTS}"
 GIL_MS="${GIL_MS:-0.5}"
 TOKENIZERS="${TOKENIZERS:-4}"
 DURATION="${DURATION:-10}"
@@ -88,7 +89,7 @@ if [ "${PROFILE:-0}" = 1 ] && command -v py-spy >/dev/null; then
   done
 fi
 if [ "${HOPS:-0}" = 1 ]; then
-  for v in $VARIANTS; do
+  for v in $HOPS_VARIANTS; do
     # shellcheck disable=SC2046
     bench "hops_$v" "${STACK[@]}" --concurrency 1 --hops $(variant_flags "$v")
   done
