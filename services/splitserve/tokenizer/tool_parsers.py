@@ -36,7 +36,10 @@ class ToolCallParser(Protocol):
 
     error: str
     void_call: int | None
-    num_calls: int  # complete calls
+
+    @property
+    def num_calls(self) -> int:
+        """Complete calls so far."""
 
     def feed(self, text: str) -> ParsedText: ...
 

@@ -56,6 +56,7 @@ class TextChunk:
     reasoning: str = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     tool_parse_error: str = ""  # set on the last chunk when the output was not the tool-call format
+    void_tool_call: int | None = None  # with tool_parse_error: a call whose deltas went out, and is no call
 
 
 @dataclass(frozen=True)
