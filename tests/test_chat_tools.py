@@ -84,7 +84,7 @@ class _Scripted:
 async def test_a_prompt_ending_in_think_starts_the_output_inside_the_reasoning(codec: TextCodec) -> None:
     prompt = codec.encode_text("<|im_start|>assistant\n<think>\n")
     request = TextRequest(GenerationRequest("r", prompt), parsing=OutputParsing("none", "think"))
-    out = [c async for c in generate_text(codec, _Scripted(codec.encode_text("So: 4.</think>\n\nFour.")),  # type: ignore[arg-type]
-                                          request, None)]
+    scripted = _Scripted(codec.encode_text("So: 4.</think>\n\nFour."))
+    out = [c async for c in generate_text(codec, scripted, request, None)]
     assert "".join(c.reasoning for c in out) == "So: 4."
     assert "".join(c.text for c in out) == "Four." and out[-1].finish_reason is not None

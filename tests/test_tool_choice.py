@@ -20,9 +20,10 @@ def test_required_is_any_of_the_tools_and_named_is_that_tool() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     required = forced_call_schema([WEATHER, TIME], REQUIRED)
     assert required is not None and len(required["anyOf"]) == 2
-    good = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_time", "arguments": {}}]
-    bad = [{"name": "get_weather", "arguments": {}}, {"name": "other", "arguments": {}},
-           {"name": "get_time"}, {"name": "get_time", "arguments": {}, "extra": 1}]
+    good: list[dict[str, object]] = [{"name": "get_weather", "arguments": {"city": "Oslo"}},
+                                     {"name": "get_time", "arguments": {}}]
+    bad: list[dict[str, object]] = [{"name": "get_weather", "arguments": {}}, {"name": "other", "arguments": {}},
+                                    {"name": "get_time"}, {"name": "get_time", "arguments": {}, "extra": 1}]
     for call in good:
         jsonschema.validate(call, required)
     for call in bad:
