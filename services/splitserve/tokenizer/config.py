@@ -39,6 +39,8 @@ class TokenizerConfig:
     generator_tls_key: str | None = None
     generator_tls_server_name: str | None = None  # name the generators' certificate holds, when dialled by IP
     auth_token: Secret | None = None  # bearer token the public API requires (none: no check)
+    tool_call_parser: str = "auto"  # hermes, llama3_json, none; auto: by the model's family (TextCodec)
+    reasoning_parser: str = "think"  # think, none; used by requests that set separate_reasoning
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-tls-key", default=None, help="PEM key of --generator-tls-cert")
     parser.add_argument("--generator-tls-server-name", default=None,
                         help="expected name in the generators' certificate (needed with dns:/// targets)")
+    parser.add_argument("--tool-call-parser", default=d.tool_call_parser,
+                        choices=["auto", "hermes", "llama3_json", "none"],
+                        help="tool-call format read from the output of requests with tools (auto: llama3_json "
+                             "for tokenizers with <|python_tag|>, else hermes; none: requests with tools are refused)")
+    parser.add_argument("--reasoning-parser", default=d.reasoning_parser, choices=["think", "none"],
+                        help="how separate_reasoning finds the reasoning: <think>...</think> (none: refused)")
     parser.add_argument("--auth-token-file", default=None,
                         help=f"file holding the bearer token the public API requires (else ${TOKEN_ENV})")
 
@@ -87,6 +95,7 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Tok
         generator_tls_ca=args.generator_tls_ca, generator_tls_cert=args.generator_tls_cert,
         generator_tls_key=args.generator_tls_key, generator_tls_server_name=args.generator_tls_server_name,
         auth_token=read_token(args.auth_token_file, os.environ),  # from_args runs at the entry point only
+        tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser,
     )
 
 

@@ -9,8 +9,10 @@ from splitserve.common.errors import InvalidRequest
 from splitserve.link.convert import sampling_from_pb
 from splitserve.link.types import GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
-from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
+from splitserve.tokenizer.text_codec import TextCodec
+from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
+from splitserve.tokenizer.tool_pb import chat_messages_from_pb, tool_calls_to_pb, tool_choice_from_pb, tools_from_pb
+from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest, ToolChoiceMode
 
 AnyGenerateRequest = pb.GenerateRequest | pb.GenerateStreamRequest
 
@@ -20,6 +22,7 @@ _FINISH = {
     TextFinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
     TextFinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
     TextFinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    TextFinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -42,14 +45,24 @@ def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec,
         if len(chat.messages) > config.max_chat_messages:  # templates render each turn: cost grows with the count
             raise InvalidRequest(f"chat has {len(chat.messages)} messages, over the limit "
                                  f"max_chat_messages={config.max_chat_messages}")
-        if sum(len(m.content) + len(m.role) for m in chat.messages) > config.max_prompt_chars:
+        if _chat_chars(chat) > config.max_prompt_chars:
             raise InvalidRequest(f"chat content is over the limit max_prompt_chars={config.max_prompt_chars}")
-        return codec.encode_chat([ChatMessage(m.role, m.content) for m in chat.messages],
+        tools = tools_from_pb(chat.tools)
+        shown = () if tool_choice_from_pb(chat).mode is ToolChoiceMode.NONE else tools
+        return codec.encode_chat(chat_messages_from_pb(chat.messages),
                                  chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True,
-                                 chat.allow_special_tokens_in_content)
+                                 chat.allow_special_tokens_in_content, shown)
     if kind == "token_ids":
         return list(msg.token_ids.ids)  # type: ignore[union-attr]
     raise InvalidRequest("the request has no input: set one of prompt, chat or token_ids")
+
+
+def _chat_chars(chat: pb.ChatInput) -> int:
+    """What the template renders: content, roles, calls and tool specs."""
+    messages = sum(len(m.content) + len(m.role) + sum(len(c.function.name) + len(c.function.arguments)
+                                                      for c in m.tool_calls) for m in chat.messages)
+    return messages + sum(len(t.function.name) + len(t.function.description) + len(t.function.parameters_json)
+                          for t in chat.tools)
 
 
 def check_stops(stops: list[str], config: TokenizerConfig) -> None:
@@ -63,10 +76,16 @@ def check_stops(stops: list[str], config: TokenizerConfig) -> None:
 
 
 def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: list[int],
-                         config: TokenizerConfig) -> TextRequest:
+                         config: TokenizerConfig, tool_call_parser: str = "none") -> TextRequest:
+    """The request for the pipeline; `tool_call_parser` is the server's, resolved for its model."""
     stopping, options = msg.stopping, msg.options
     stops = list(stopping.stop)
     check_stops(stops, config)
+    is_chat = msg.WhichOneof("input") == "chat"
+    tools = tools_from_pb(msg.chat.tools) if is_chat else ()
+    choice = tool_choice_from_pb(msg.chat) if is_chat else tool_choice_from_pb(None)
+    forced_call_constraint(tools, choice)  # refuses required / named until constrained decoding lands
+    parsing = output_parsing(tools, choice, options.separate_reasoning, tool_call_parser, config.reasoning_parser)
     generation = GenerationRequest(
         request_id=request_id, prompt_token_ids=prompt_ids, sampling=sampling_from_pb(msg.sampling),
         max_new_tokens=stopping.max_new_tokens if stopping.HasField("max_new_tokens") else None,
@@ -79,6 +98,7 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         generation=generation, stop=tuple(stops),
         include_tokens=options.include_tokens or options.logprobs or options.top_logprobs > 0,
         skip_special_tokens=options.skip_special_tokens if options.HasField("skip_special_tokens") else True,
+        parsing=parsing,
     )
 
 
@@ -92,9 +112,14 @@ def tokens_to_pb(chunk: TextChunk, codec: TextCodec) -> list[pb.Token]:
 
 
 def stream_response(chunk: TextChunk, request_id: str, codec: TextCodec) -> pb.GenerateStreamResponse:
-    msg = pb.GenerateStreamResponse(request_id=request_id, text=chunk.text, tokens=tokens_to_pb(chunk, codec))
+    msg = pb.GenerateStreamResponse(request_id=request_id, text=chunk.text, tokens=tokens_to_pb(chunk, codec),
+                                    reasoning_text=chunk.reasoning)
+    if chunk.tool_calls:
+        msg.tool_calls.extend(pb.ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
+                              for d in chunk.tool_calls)
     if chunk.finish_reason is not None:
         msg.stop_sequence = chunk.stop_sequence
+        msg.tool_parse_error = chunk.tool_parse_error
         msg.usage.CopyFrom(_usage(chunk))
         _set_finish(msg, chunk)
     return msg
@@ -120,7 +145,8 @@ def unary_response(chunks: list[TextChunk], request_id: str, model: str, codec: 
     msg = pb.GenerateResponse(
         request_id=request_id, model=model, text="".join(c.text for c in chunks),
         tokens=[t for c in chunks for t in tokens_to_pb(c, codec)], stop_sequence=last.stop_sequence,
-        usage=_usage(last),
+        usage=_usage(last), reasoning_text="".join(c.reasoning for c in chunks),
+        tool_calls=tool_calls_to_pb(chunks), tool_parse_error=last.tool_parse_error,
     )
     _set_finish(msg, last)
     return msg

@@ -31,9 +31,12 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
         self._config = config
         self._tracker = tracker
         self._ready: tuple[TextCodec, GeneratorPools] | None = None
+        self._tool_call_parser = config.tool_call_parser
 
     def set_ready(self, codec: TextCodec, generators: GeneratorPools) -> None:
         """Starts answering once every pool has an accepted replica; until then every call is UNAVAILABLE."""
+        if self._tool_call_parser == "auto":
+            self._tool_call_parser = codec.default_tool_parser
         self._ready = (codec, generators)
 
     @property
@@ -121,7 +124,8 @@ class TextGenerationServicer(text_pb2_grpc.TextGenerationServiceServicer):
             with tracked.phase("tokenize"):
                 prompt_ids = await self._encode(request)
             _record_prompt(tracked, request)
-            text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config)
+            text_request = pb_convert.text_request_from_pb(request, request_id, prompt_ids, self._config,
+                                                           self._tool_call_parser)
             async for chunk in generate_text(self._codec, pool, text_request, context.time_remaining(),
                                              tracked):
                 tracked.record_output(chunk.text)

@@ -17,6 +17,7 @@ class TextFinishReason(enum.Enum):
     STOP_SEQUENCE = "stop_sequence"
     STOP_TOKEN = "stop_token"
     CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TextRequest:
     stop: tuple[str, ...] = ()
     include_tokens: bool = False
     skip_special_tokens: bool = True
+    parsing: OutputParsing = field(default_factory=lambda: OutputParsing())
 
 
 class TextToken(NamedTuple):
@@ -51,3 +53,78 @@ class TextChunk:
     completion_tokens: int = 0
     seed: int | None = None
     cached_prompt_tokens: int = 0
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    tool_parse_error: str = ""  # set on the last chunk when the output was not the tool-call format
+    void_tool_call: int | None = None  # with tool_parse_error: a call whose deltas went out, and is no call
+
+
+@dataclass(frozen=True)
+class FunctionDefinition:
+    """A function the model may call: its JSON Schema parameters are kept as a JSON string."""
+
+    name: str
+    description: str = ""
+    parameters_json: str = ""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool offered to the model (only functions exist)."""
+
+    function: FunctionDefinition
+    type: str = "function"
+
+
+class ToolChoiceMode(enum.Enum):
+    """How the model may use the tools: `FUNCTION` forces the one named in `ToolChoice.function_name`."""
+
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    FUNCTION = "function"
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """The request's tool choice."""
+
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    function_name: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A whole tool call: `arguments` is JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+    type: str = "function"
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """Part of the tool call at `index`: id and name come on its first delta, then argument fragments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedText:
+    """What the output parsers made of some model text."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputParsing:
+    """Which output parsers a request runs ("none": off), chosen from the request and the server flags."""
+
+    tool_call_parser: str = "none"
+    reasoning_parser: str = "none"
