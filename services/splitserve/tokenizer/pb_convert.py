@@ -6,7 +6,7 @@ import uuid
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
-from splitserve.link.convert import sampling_from_pb
+from splitserve.link.convert import constraint_from_pb, sampling_from_pb
 from splitserve.link.types import GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
@@ -74,6 +74,9 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         ignore_eos=stopping.ignore_eos, logprobs=options.logprobs or options.top_logprobs > 0,
         top_logprobs=options.top_logprobs,
         min_message_interval_ms=round(config.stream_interval_ms),  # the generator holds tokens that long
+        # Passed through as data: the generator compiles it against its tokenizer (the fingerprint check
+        # guarantees it is this tier's tokenizer too).
+        constraint=constraint_from_pb(msg.constraint) if msg.HasField("constraint") else None,
     )
     return TextRequest(
         generation=generation, stop=tuple(stops),

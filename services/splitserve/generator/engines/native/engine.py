@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from splitserve.common.errors import EngineUnavailable, Overloaded
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engines.model_folder import eos_ids_of_folder
+from splitserve.generator.engines.native.constraints import ConstraintCompiler
 from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
 from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
 from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
 CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, presence_penalty=True, frequency_penalty=True,
-                                  min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS)
+                                  min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS,
+                                  constrained_decoding=True)
 
 
 def terminate_process() -> None:
@@ -69,6 +71,7 @@ class NativeEngine:
         self._device: DeviceSide | None = None
         self._loop_thread: StepLoop | None = None
         self._eos_ids: tuple[int, ...] = ()
+        self._constraints: ConstraintCompiler | None = None
         self._ids = itertools.count(1)
         self._in_flight = 0
 
@@ -87,6 +90,8 @@ class NativeEngine:
         self._eos_ids = await asyncio.to_thread(eos_ids_of_folder, self._config.model_path)
         self._device = await asyncio.to_thread(self._build_device_side)
         await asyncio.to_thread(self._device.runner.capture_graphs)
+        self._constraints = await asyncio.to_thread(ConstraintCompiler, self._config.model_path,
+                                                    self._device.config.vocab_size, self._eos_ids)
         cfg, device = self._config, self._device
         limits = SchedulerLimits(device.num_blocks, device.block_size, cfg.max_batch_size, cfg.max_batch_tokens,
                                  cfg.enable_prefix_caching)
@@ -119,6 +124,9 @@ class NativeEngine:
         loop_thread = self._running_loop()
         self._admit()
         seq = self._sequence(request)
+        if request.constraint is not None:  # compiled (or found cached) before the engine sees the request
+            assert self._constraints is not None  # built before the step loop starts
+            seq.constraint = await asyncio.to_thread(self._constraints.matcher, request.constraint)
         queue: asyncio.Queue[Emitted | BaseException] = asyncio.Queue()
         self._in_flight += 1
         finished = False
@@ -206,7 +214,9 @@ class NativeEngine:
 
     def _final_chunk(self, tokens: list[TokenOutput], seq: Sequence, request: GenerationRequest) -> GenerationChunk:
         last = seq.token_ids[-1] if seq.num_output_tokens else None
-        reason, stop_id = stop_reason(last, request, self._eos_ids, FinishReason.LENGTH)
+        # A grammar that allows nothing more ends the request as its EOS would (EOS was the only token left).
+        otherwise = FinishReason.EOS_TOKEN if seq.is_constraint_done else FinishReason.LENGTH
+        reason, stop_id = stop_reason(last, request, self._eos_ids, otherwise)
         seed = request.sampling.seed if seq.sampling.is_greedy else seq.sampling.seed  # the one drawn, if any
         return GenerationChunk(tokens, reason, stop_id, seq.num_prompt_tokens, seq.num_output_tokens, seed,
                                num_cached_prompt_tokens=seq.num_cached_prompt_tokens)
