@@ -173,7 +173,8 @@ async def test_constrained_requests_leave_unconstrained_ones_unchanged(native: B
 
 
 def _info(engine: str, constrained: bool) -> EngineInfo:
-    return EngineInfo("m", engine, 100, (0,), 50, 100, 50, 10, 4, EngineCapabilities(constrained_decoding=constrained, min_new_tokens=True))
+    caps = EngineCapabilities(constrained_decoding=constrained, min_new_tokens=True)
+    return EngineInfo("m", engine, 100, (0,), 50, 100, 50, 10, 4, caps)
 
 
 @pytest.mark.parametrize("engine", ["transformers", "bench"])
@@ -211,6 +212,7 @@ def test_malformed_constraints_are_refused(constraint: Constraint, message: str)
 
 @pytest.mark.parametrize("field", [{"ignore_eos": True}, {"min_new_tokens": 2}])
 def test_fields_that_fight_the_grammar_are_refused(field: dict[str, object]) -> None:
-    request = GenerationRequest("r", [1], constraint=Constraint(ConstraintKind.JSON_OBJECT), **field)  # type: ignore[arg-type]
+    constraint = Constraint(ConstraintKind.JSON_OBJECT)
+    request = GenerationRequest("r", [1], constraint=constraint, **field)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="cannot be combined with a constraint"):
         validate_request(request, _info("native", constrained=True))

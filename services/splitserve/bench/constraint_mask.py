@@ -84,7 +84,8 @@ def _llguidance(tokenizer: Any, vocab: int, batch: int) -> Walker:
     executor = llguidance.LLExecutor()
     pairs = [(m, i) for i, m in enumerate(matchers)]
     walker.fill = lambda bitmask: llguidance.torch.fill_next_token_bitmask_par(executor, pairs, bitmask)
-    walker.advance = lambda rows, tokens: _all_true([matchers[i].consume_token(t) for i, t in zip(rows, tokens, strict=True)])
+    walker.advance = lambda rows, tokens: _all_true([matchers[i].consume_token(t)
+                                                     for i, t in zip(rows, tokens, strict=True)])
     return walker
 
 

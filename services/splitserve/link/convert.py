@@ -94,7 +94,11 @@ def constraint_to_pb(constraint: Constraint | None) -> pb.Constraint | None:
         return pb.Constraint(choice=pb.ChoiceList(choices=list(constraint.choices)))
     if kind is ConstraintKind.JSON_OBJECT:
         return pb.Constraint(json_object=True)
-    return pb.Constraint(**{kind.value: constraint.spec})
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return pb.Constraint(json_schema=constraint.spec)
+    if kind is ConstraintKind.REGEX:
+        return pb.Constraint(regex=constraint.spec)
+    return pb.Constraint(grammar=constraint.spec)
 
 
 def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:

@@ -9,11 +9,13 @@ parallel executor, the GIL released), copies them to the device and masks the lo
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
@@ -23,11 +25,14 @@ import torch
 from splitserve.common.errors import InvalidRequest
 from splitserve.link.types import Constraint, ConstraintKind
 
-LIBRARY = f"llguidance {llguidance.get_version().split('@')[-1].split()[0]}"
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
+LIBRARY = f"llguidance {importlib.metadata.version('llguidance')}"
 MAX_CACHED_CONSTRAINTS = 128
 # JSON is generated compact (no whitespace between tokens): a small model at temperature 1 otherwise wanders
 # into runs of spaces and newlines until max_new_tokens.
-_JSON_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 _ANY_OBJECT = '{"type": "object"}'
 
 
@@ -56,11 +61,11 @@ class ConstraintMatcher:
 class ConstraintCompiler:
     """Compiles constraints against one tokenizer; thread-safe (requests compile off the event loop)."""
 
-    def __init__(self, tokenizer_folder: Path, vocab_size: int, eos_token_ids: Sequence[int],
+    def __init__(self, tokenizer_folder: Path | str, vocab_size: int, eos_token_ids: Sequence[int],
                  max_cached: int = MAX_CACHED_CONSTRAINTS) -> None:
         from transformers import AutoTokenizer
 
-        hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+        hf_tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_folder))  # a fast one: the folder's JSON
         self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
                                                        eos_token=list(eos_token_ids))
         self._max_cached = max_cached
