@@ -24,6 +24,8 @@ from splitserve.link.types import (
     EngineInfo,
     GenerationRequest,
 )
+from splitserve_client import AsyncClient, GenerationOptions
+from splitserve_client import Constraint as ClientConstraint
 
 from .bench_stack import BenchStack, bench_stack
 
@@ -123,6 +125,15 @@ async def test_every_sample_conforms(native: BenchStack, kind: str) -> None:
             bad.append((seed, reason, text))
     assert not bad, f"{len(bad)} of {SAMPLES} {kind} samples do not conform: {bad[:3]}"
     assert SAMPLES - cut_short >= case.min_finished
+
+
+async def test_the_python_client_sends_a_constraint(native: BenchStack) -> None:
+    options = GenerationOptions(max_new_tokens=8, constraint=ClientConstraint(regex="[0-9]{2}"))
+    async with AsyncClient(native.public_address) as client:
+        completion = await client.generate("Pick a number:", options)
+    assert re.fullmatch("[0-9]{2}", completion.text) and completion.finish_reason == "eos_token"
+    with pytest.raises(ValueError, match="exactly one kind"):
+        ClientConstraint(regex="a", grammar="start: x").to_pb()
 
 
 async def test_a_choice_streams_and_ends_on_the_grammar(native: BenchStack) -> None:

@@ -1,4 +1,4 @@
-"""The native engine's throughput with a share of its streams constrained: `python -m splitserve.bench.constraint_throughput`.
+"""Native-engine throughput with a share of streams constrained: `python -m splitserve.bench.constraint_throughput`.
 
 N concurrent streams (in process, no gRPC), each `--new-tokens` long at temperature 1: unconstrained ones with
 ignore_eos, constrained ones under a JSON schema that cannot end sooner (an array of at least that many
