@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -10,10 +11,10 @@ import signal
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
-from splitserve.common.errors import EngineUnavailable, Overloaded
+from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded
 from splitserve.generator.engine import HealthListener
 from splitserve.generator.engines.model_folder import eos_ids_of_folder
-from splitserve.generator.engines.native.constraints import ConstraintCompiler
+from splitserve.generator.engines.native.constraints import ConstraintCompiler, ConstraintMatcher
 from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
 from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
 from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
@@ -24,6 +25,7 @@ from splitserve.generator.engines.native.tensor_parallel import (
 )
 from splitserve.generator.finish import stop_reason
 from splitserve.link.types import (
+    Constraint,
     EngineCapabilities,
     EngineInfo,
     EngineLoad,
@@ -79,7 +81,8 @@ class NativeEngine:
     def info(self) -> EngineInfo:
         if self._device is None:
             raise RuntimeError("engine not started")
-        return self._config.engine_info("native", self._device.config.vocab_size, self._eos_ids, CAPABILITIES)
+        capabilities = dataclasses.replace(CAPABILITIES, constrained_decoding=self._constraints is not None)
+        return self._config.engine_info("native", self._device.config.vocab_size, self._eos_ids, capabilities)
 
     @property
     def restarts(self) -> int:
@@ -90,8 +93,7 @@ class NativeEngine:
         self._eos_ids = await asyncio.to_thread(eos_ids_of_folder, self._config.model_path)
         self._device = await asyncio.to_thread(self._build_device_side)
         await asyncio.to_thread(self._device.runner.capture_graphs)
-        self._constraints = await asyncio.to_thread(ConstraintCompiler, self._config.model_path,
-                                                    self._device.config.vocab_size, self._eos_ids)
+        self._constraints = await asyncio.to_thread(self._constraint_compiler)
         cfg, device = self._config, self._device
         limits = SchedulerLimits(device.num_blocks, device.block_size, cfg.max_batch_size, cfg.max_batch_tokens,
                                  cfg.enable_prefix_caching)
@@ -110,6 +112,21 @@ class NativeEngine:
             async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], sampling, max_new_tokens=2)):
                 pass
 
+    def _constraint_compiler(self) -> ConstraintCompiler | None:
+        """None when the grammar library cannot take the model's tokenizer: the engine then serves unconstrained."""
+        assert self._device is not None
+        try:
+            return ConstraintCompiler(self._config.model_path, self._device.config.vocab_size, self._eos_ids)
+        except Exception:  # e.g. a model folder with only a slow (sentencepiece) tokenizer
+            log.exception("native engine: structured output is off (the model's tokenizer cannot be used by %s)",
+                          "llguidance")
+            return None
+
+    def _matcher(self, constraint: Constraint) -> ConstraintMatcher:
+        if self._constraints is None:  # validation refuses it first (the capability is off)
+            raise InvalidRequest("engine 'native' does not support constrained decoding with this model's tokenizer")
+        return self._constraints.matcher(constraint)
+
     def _build_device_side(self) -> DeviceSide:
         """Rank 0's shard; under tensor parallelism the workers are started first and load theirs alongside."""
         if self._config.tensor_parallel_size == 1:
@@ -125,8 +142,7 @@ class NativeEngine:
         self._admit()
         seq = self._sequence(request)
         if request.constraint is not None:  # compiled (or found cached) before the engine sees the request
-            assert self._constraints is not None  # built before the step loop starts
-            seq.constraint = await asyncio.to_thread(self._constraints.matcher, request.constraint)
+            seq.constraint = await asyncio.to_thread(self._matcher, request.constraint)
         queue: asyncio.Queue[Emitted | BaseException] = asyncio.Queue()
         self._in_flight += 1
         finished = False
