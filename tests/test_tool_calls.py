@@ -113,12 +113,29 @@ async def test_tool_choice_none_neither_renders_nor_parses(echo: Any) -> None:
         chat=chat("hi")))).ids)
 
 
-@pytest.mark.parametrize("choice,message", [({"mode": pb.TOOL_CHOICE_MODE_REQUIRED}, "needs constrained decoding"),
-                                            ({"function_name": "get_weather"}, "needs constrained decoding"),
-                                            ({"function_name": "nope"}, "not in tools")])
-async def test_forced_tool_choices_are_refused_for_now(echo: Any, choice: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize("choice", [{"mode": pb.TOOL_CHOICE_MODE_REQUIRED}, {"function_name": "get_weather"}])
+async def test_a_forced_call_is_held_to_the_tools_schema_by_constrained_decoding(stack: Stack,
+                                                                                 choice: dict[str, Any]) -> None:
+    """The real model on the native engine: `required` or a named function gives a call, whatever it would say."""
+    request = pb.GenerateRequest(chat=chat("Say hello.", [WEATHER], **choice),
+                                 sampling=pb.SamplingParams(temperature=1.0, seed=3),
+                                 stopping=pb.StoppingCriteria(max_new_tokens=48))
+    unary = await stack.text.Generate(request)
+    [call] = unary.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert isinstance(json.loads(call.function.arguments), dict) and unary.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    parts = [p async for p in stack.text.GenerateStream(pb.GenerateStreamRequest(
+        chat=request.chat, sampling=request.sampling, stopping=request.stopping))]
+    assert streamed_calls(parts) == [(call.function.name, call.function.arguments)]
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"chat": chat("hi", [WEATHER], function_name="nope")}, "not in tools"),
+    ({"chat": chat("hi", [WEATHER], mode=pb.TOOL_CHOICE_MODE_REQUIRED), "constraint": pb.Constraint(regex="a+")},
+     "cannot both be given")])
+async def test_bad_forced_choices_are_refused(echo: Any, fields: dict[str, Any], message: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await echo.Generate(pb.GenerateRequest(chat=chat("hi", [WEATHER], **choice)))
+        await echo.Generate(pb.GenerateRequest(**fields))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (caught.value.details() or "")
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from splitserve.common.errors import InvalidRequest
+from splitserve.link.types import ConstraintKind
 from splitserve.tokenizer.tool_choice import forced_call_constraint, forced_call_schema, output_parsing
 from splitserve.tokenizer.types import FunctionDefinition, OutputParsing, Tool, ToolChoice, ToolChoiceMode
 
@@ -42,9 +43,10 @@ def test_one_tool_required_is_that_tools_schema_and_auto_or_none_force_nothing()
     assert forced_call_schema([WEATHER], ToolChoice(ToolChoiceMode.NONE)) is None
 
 
-def test_a_forced_call_is_refused_until_constrained_decoding_and_bad_choices_are_named() -> None:
-    with pytest.raises(InvalidRequest, match="needs constrained decoding"):
-        forced_call_constraint([WEATHER], REQUIRED)
+def test_a_forced_call_is_a_json_schema_constraint_and_bad_choices_are_named() -> None:
+    forced = forced_call_constraint([WEATHER], REQUIRED)
+    assert forced is not None and forced.kind is ConstraintKind.JSON_SCHEMA
+    assert json.loads(forced.spec) == forced_call_schema([WEATHER], REQUIRED)
     with pytest.raises(InvalidRequest, match="'nope', which is not in tools"):
         forced_call_constraint([WEATHER], ToolChoice(ToolChoiceMode.FUNCTION, "nope"))
     with pytest.raises(InvalidRequest, match="at least one tool"):

@@ -17,6 +17,27 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """Structured output: set exactly one (the README's "Structured output" gives each one's syntax)."""
+
+    json_schema: str | None = None  # a JSON Schema as JSON text
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] = ()
+    grammar: str | None = None  # Lark (start rule `start`) or GBNF (root rule `root`)
+
+    def to_pb(self) -> pb.Constraint:
+        kinds = {"json_schema": self.json_schema is not None, "json_object": self.json_object,
+                 "regex": self.regex is not None, "choice": bool(self.choice), "grammar": self.grammar is not None}
+        chosen = [kind for kind, is_set in kinds.items() if is_set]
+        if len(chosen) != 1:
+            raise ValueError(f"a Constraint takes exactly one kind, got {chosen or 'none'}")
+        if chosen[0] == "choice":
+            return pb.Constraint(choice=pb.ChoiceList(choices=list(self.choice)))
+        return pb.Constraint(**{chosen[0]: getattr(self, chosen[0])})
+
+
+@dataclass(frozen=True)
 class GenerationOptions:
     """Sampling and stopping options; None leaves the server default."""
 
@@ -34,6 +55,7 @@ class GenerationOptions:
     logprobs: bool = False
     request_id: str = ""
     model: str = ""
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,8 @@ def build_request(prompt: Input, options: GenerationOptions,
                                      stop_token_ids=options.stop_token_ids, ignore_eos=options.ignore_eos),
         options=pb.ResponseOptions(include_tokens=True, logprobs=options.logprobs),
     )
+    if options.constraint is not None:
+        msg.constraint.CopyFrom(options.constraint.to_pb())
     if isinstance(prompt, str):
         msg.prompt = prompt
     elif isinstance(prompt, Chat):

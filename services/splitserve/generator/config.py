@@ -35,6 +35,7 @@ class GeneratorConfig:
     engine_dir: str | None = None  # trtllm-engine: the prebuilt engine dir (model_path gives the tokenizer)
     tensor_parallel_size: int = 1  # trtllm, native: GPUs per replica (trtllm-engine takes it from the engine)
     kv_cache_free_gpu_memory_fraction: float = 0.9  # TensorRT-LLM engines: share of free GPU memory for KV
+    guided_decoding_backend: str | None = None  # trtllm: xgrammar or llguidance (constrained decoding); None: off
     kv_cache_memory_fraction: float | None = None  # native engine on CUDA: size the KV cache from free memory
     attention_backend: str = "auto"  # native engine: auto (triton on CUDA, torch elsewhere), triton, torch
     cuda_graphs: bool = True  # native engine on CUDA: capture decode steps
@@ -90,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-free-gpu-memory-fraction", type=float,
                         default=d.kv_cache_free_gpu_memory_fraction,
                         help="TensorRT-LLM engines: share of free GPU memory the KV cache takes")
+    parser.add_argument("--guided-decoding-backend", default=d.guided_decoding_backend,
+                        choices=["xgrammar", "llguidance"],
+                        help="trtllm: build the LLM with this guided-decoding backend, so that requests may "
+                             "carry a constraint (the native engine always can)")
     _add_native_arguments(parser, d)
     add_server_security_arguments(parser, d.max_receive_message_bytes, d.max_concurrent_streams)
 
@@ -122,6 +127,7 @@ def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> Gen
         kv_page_size=args.kv_page_size, max_batch_tokens=args.max_batch_tokens, grace_seconds=args.grace_seconds,
         engine_dir=args.engine_dir, tensor_parallel_size=args.tensor_parallel_size,
         kv_cache_free_gpu_memory_fraction=args.kv_cache_free_gpu_memory_fraction,
+        guided_decoding_backend=args.guided_decoding_backend,
         kv_cache_memory_fraction=args.kv_cache_memory_fraction, attention_backend=args.attention_backend,
         cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
         gil_switch_interval_ms=args.gil_switch_interval_ms,
@@ -147,6 +153,9 @@ def check(config: GeneratorConfig) -> None:
     interval = config.gil_switch_interval_ms
     if interval is not None and not 0 < interval <= 100:
         raise ValueError("--gil-switch-interval-ms must be in (0, 100]")
+    if config.guided_decoding_backend is not None and config.engine != "trtllm":
+        raise ValueError("--guided-decoding-backend is for --engine trtllm (the native engine compiles constraints "
+                         "itself; the others have none)")
     if config.tensor_parallel_size < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
     fraction = config.kv_cache_memory_fraction

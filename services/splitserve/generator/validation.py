@@ -10,9 +10,11 @@ import math
 from dataclasses import replace
 
 from splitserve.common.errors import InvalidRequest
-from splitserve.link.types import EngineInfo, GenerationRequest, SamplingParams
+from splitserve.link.types import Constraint, ConstraintKind, EngineInfo, GenerationRequest, SamplingParams
 
 MAX_STOP_TOKEN_IDS = 256
+MAX_CONSTRAINT_CHARS = 65_536  # a schema, regex or grammar (or all choices together): compiled per request
+MAX_CHOICES = 1024
 
 
 def validate_request(request: GenerationRequest, info: EngineInfo) -> GenerationRequest:
@@ -22,6 +24,8 @@ def validate_request(request: GenerationRequest, info: EngineInfo) -> Generation
     _check_sampling(request.sampling, info)
     _check_stopping(request, info, max_new)
     _check_outputs(request, info)
+    if request.constraint is not None:
+        _check_constraint(request, request.constraint, info)
     return replace(request, max_new_tokens=max_new)
 
 
@@ -119,3 +123,25 @@ def _check_outputs(request: GenerationRequest, info: EngineInfo) -> None:
             f"top_logprobs={request.top_logprobs} is over the limit max_top_logprobs={caps.max_top_logprobs} "
             f"of engine {info.engine_label}"
         )
+
+
+def _check_constraint(request: GenerationRequest, constraint: Constraint, info: EngineInfo) -> None:
+    """Capability and size only: whether the spec compiles is the engine's to say, before it admits the request."""
+    kind = constraint.kind.value
+    if not info.capabilities.constrained_decoding:
+        raise InvalidRequest(f"engine {info.engine_label} does not support constrained decoding (constraint {kind})")
+    if constraint.size > MAX_CONSTRAINT_CHARS:
+        raise InvalidRequest(f"constraint {kind} has {constraint.size} characters, over the limit "
+                             f"max_constraint_chars={MAX_CONSTRAINT_CHARS}")
+    if constraint.kind is ConstraintKind.CHOICE:
+        if not constraint.choices or len(constraint.choices) > MAX_CHOICES:
+            raise InvalidRequest(f"constraint choice needs 1..max_choices={MAX_CHOICES} strings, "
+                                 f"got {len(constraint.choices)}")
+        if any(not c for c in constraint.choices):
+            raise InvalidRequest("constraint choice: every choice must be a non-empty string")
+    elif constraint.kind is not ConstraintKind.JSON_OBJECT and not constraint.spec.strip():
+        raise InvalidRequest(f"constraint {kind} is empty")
+    if request.ignore_eos:  # the grammar decides where the completion ends
+        raise InvalidRequest(f"ignore_eos cannot be combined with a constraint ({kind})")
+    if request.min_new_tokens:  # masking EOS could leave a finished grammar no token at all
+        raise InvalidRequest(f"min_new_tokens cannot be combined with a constraint ({kind})")

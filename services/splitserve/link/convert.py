@@ -10,6 +10,8 @@ from splitserve.api.tokens.v1 import tokens_pb2 as pb
 from splitserve.common.errors import RequestError
 from splitserve.link.errors import code_number, error_from_number
 from splitserve.link.types import (
+    Constraint,
+    ConstraintKind,
     EngineCapabilities,
     EngineInfo,
     EngineLoad,
@@ -53,6 +55,52 @@ def sampling_from_pb(s: OptionalFields) -> SamplingParams:
                              for f in dataclasses.fields(SamplingParams)})
 
 
+class ConstraintMessage(Protocol):
+    """Either API's Constraint message (the same oneof `kind`, by name)."""
+
+    json_schema: str
+    json_object: bool
+    regex: str
+    grammar: str
+
+    @property
+    def choice(self) -> ChoiceMessage: ...
+
+    def WhichOneof(self, oneof_group: str) -> str | None: ...  # protobuf's name
+
+
+class ChoiceMessage(Protocol):
+    @property
+    def choices(self) -> Sequence[str]: ...
+
+
+def constraint_from_pb(msg: ConstraintMessage) -> Constraint | None:
+    """Either API's Constraint as the plain type; None when no kind is set (or json_object is false)."""
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "choice":
+        return Constraint(ConstraintKind.CHOICE, choices=tuple(msg.choice.choices))
+    if kind == "json_object":
+        return Constraint(ConstraintKind.JSON_OBJECT) if msg.json_object else None
+    return Constraint(ConstraintKind(kind), spec=getattr(msg, kind))
+
+
+def constraint_to_pb(constraint: Constraint | None) -> pb.Constraint | None:
+    if constraint is None:
+        return None
+    kind = constraint.kind
+    if kind is ConstraintKind.CHOICE:
+        return pb.Constraint(choice=pb.ChoiceList(choices=list(constraint.choices)))
+    if kind is ConstraintKind.JSON_OBJECT:
+        return pb.Constraint(json_object=True)
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return pb.Constraint(json_schema=constraint.spec)
+    if kind is ConstraintKind.REGEX:
+        return pb.Constraint(regex=constraint.spec)
+    return pb.Constraint(grammar=constraint.spec)
+
+
 def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
@@ -61,6 +109,7 @@ def request_to_pb(request: GenerationRequest) -> pb.GenerateRequest:
         stop_token_ids=list(request.stop_token_ids), ignore_eos=request.ignore_eos,
         logprobs=request.logprobs, top_logprobs=request.top_logprobs,
         min_message_interval_ms=request.min_message_interval_ms,
+        constraint=constraint_to_pb(request.constraint),
     )
 
 
@@ -76,6 +125,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
         min_message_interval_ms=msg.min_message_interval_ms,
+        constraint=constraint_from_pb(msg.constraint) if msg.HasField("constraint") else None,
     )
 
 
@@ -155,14 +205,14 @@ def capabilities_to_pb(caps: EngineCapabilities) -> pb.EngineCapabilities:
     return pb.EngineCapabilities(
         seed=caps.seed, repetition_penalty=caps.repetition_penalty, min_new_tokens=caps.min_new_tokens,
         max_top_logprobs=caps.max_top_logprobs, logprobs=caps.logprobs, presence_penalty=caps.presence_penalty,
-        frequency_penalty=caps.frequency_penalty, min_p=caps.min_p)
+        frequency_penalty=caps.frequency_penalty, min_p=caps.min_p, constrained_decoding=caps.constrained_decoding)
 
 
 def capabilities_from_pb(caps: pb.EngineCapabilities) -> EngineCapabilities:
     return EngineCapabilities(
         seed=caps.seed, repetition_penalty=caps.repetition_penalty, min_new_tokens=caps.min_new_tokens,
         logprobs=caps.logprobs, max_top_logprobs=caps.max_top_logprobs, presence_penalty=caps.presence_penalty,
-        frequency_penalty=caps.frequency_penalty, min_p=caps.min_p)
+        frequency_penalty=caps.frequency_penalty, min_p=caps.min_p, constrained_decoding=caps.constrained_decoding)
 
 
 def info_to_pb(info: GeneratorInfo) -> pb.GetModelInfoResponse:

@@ -34,6 +34,30 @@ class SamplingParams:
         return not self.temperature  # None or 0.0
 
 
+class ConstraintKind(enum.Enum):
+    """What a structured-output constraint's spec is."""
+
+    JSON_SCHEMA = "json_schema"
+    JSON_OBJECT = "json_object"
+    REGEX = "regex"
+    CHOICE = "choice"
+    GRAMMAR = "grammar"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Structured output: the completion must match `spec` (JSON_OBJECT has none; CHOICE uses `choices`)."""
+
+    kind: ConstraintKind
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Characters in the spec (what the size limit counts)."""
+        return len(self.spec) + sum(len(c) for c in self.choices)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One token-level generation request, as the engine sees it."""
@@ -50,6 +74,7 @@ class GenerationRequest:
     # Hold new tokens up to this long after the last message (0: none), so each message carries more of
     # them; applied once, where the stream leaves the generator tier. Engines ignore it.
     min_message_interval_ms: int = 0
+    constraint: Constraint | None = None  # structured output; None: unconstrained
 
 
 class TokenOutput(NamedTuple):
@@ -85,6 +110,7 @@ class EngineCapabilities:
     presence_penalty: bool = False
     frequency_penalty: bool = False
     min_p: bool = False
+    constrained_decoding: bool = False
 
 
 class PoolLimits(NamedTuple):

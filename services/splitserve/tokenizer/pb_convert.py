@@ -6,8 +6,8 @@ import uuid
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
-from splitserve.link.convert import sampling_from_pb
-from splitserve.link.types import GenerationRequest
+from splitserve.link.convert import constraint_from_pb, sampling_from_pb
+from splitserve.link.types import Constraint, GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
@@ -75,6 +75,15 @@ def check_stops(stops: list[str], config: TokenizerConfig) -> None:
                                  f"{config.max_stop_sequence_length}")
 
 
+def _constraint(msg: AnyGenerateRequest, forced_call: Constraint | None) -> Constraint | None:
+    """The request's own constraint, or the one a forced tool call (tool_choice required / named) brings."""
+    own = constraint_from_pb(msg.constraint) if msg.HasField("constraint") else None
+    if own is not None and forced_call is not None:
+        raise InvalidRequest("a constraint and a forced tool call (tool_choice required or a named function) "
+                             "cannot both be given: the call's schema is the constraint")
+    return own or forced_call
+
+
 def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: list[int],
                          config: TokenizerConfig, tool_call_parser: str = "none") -> TextRequest:
     """The request for the pipeline; `tool_call_parser` is the server's, resolved for its model."""
@@ -84,7 +93,7 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
     is_chat = msg.WhichOneof("input") == "chat"
     tools = tools_from_pb(msg.chat.tools) if is_chat else ()
     choice = tool_choice_from_pb(msg.chat) if is_chat else tool_choice_from_pb(None)
-    forced_call_constraint(tools, choice)  # refuses required / named until constrained decoding lands
+    constraint = _constraint(msg, forced_call_constraint(tools, choice))
     parsing = output_parsing(tools, choice, options.separate_reasoning, tool_call_parser, config.reasoning_parser)
     generation = GenerationRequest(
         request_id=request_id, prompt_token_ids=prompt_ids, sampling=sampling_from_pb(msg.sampling),
@@ -93,6 +102,9 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         ignore_eos=stopping.ignore_eos, logprobs=options.logprobs or options.top_logprobs > 0,
         top_logprobs=options.top_logprobs,
         min_message_interval_ms=round(config.stream_interval_ms),  # the generator holds tokens that long
+        # Passed through as data: the generator compiles it against its tokenizer (the fingerprint check
+        # guarantees it is this tier's tokenizer too).
+        constraint=constraint,
     )
     return TextRequest(
         generation=generation, stop=tuple(stops),

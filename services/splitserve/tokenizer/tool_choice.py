@@ -1,6 +1,6 @@
 """What a request's tools and tool choice ask of the output: parsers to run, or a forced call.
 
-`required` and a named function must be enforced by constrained decoding: the answer is then one
+`required` and a named function are enforced by constrained decoding: the answer is then one
 bare JSON object `{"name": ..., "arguments": {...}}` matching `forced_call_schema`, read by the
 `llama3_json` parser (which takes "arguments" as well as "parameters").
 """
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from splitserve.common.errors import InvalidRequest
+from splitserve.link.types import Constraint, ConstraintKind
 from splitserve.tokenizer.types import OutputParsing, Tool, ToolChoice, ToolChoiceMode
 
 FORCED_CALL_PARSER = "llama3_json"
@@ -40,17 +41,13 @@ def forced_call_schema(tools: Sequence[Tool], choice: ToolChoice) -> dict[str, A
     return None
 
 
-def forced_call_constraint(tools: Sequence[Tool], choice: ToolChoice) -> str | None:
-    """The JSON Schema (text) the generator must hold a forced call to; None when no call is forced.
+def forced_call_constraint(tools: Sequence[Tool], choice: ToolChoice) -> Constraint | None:
+    """The constraint that holds the generator to a forced call; None when no call is forced.
 
-    The one place to wire constrained decoding: once the generation request carries a
-    `Constraint(json_schema=...)`, return the schema here and set it where this is called.
+    An engine without constrained decoding refuses it (INVALID_ARGUMENT naming the engine).
     """
     schema = forced_call_schema(tools, choice)
-    if schema is None:
-        return None
-    raise InvalidRequest(f"tool_choice {choice.mode.value} needs constrained decoding, which this server "
-                         "does not offer yet; use auto")
+    return None if schema is None else Constraint(ConstraintKind.JSON_SCHEMA, json.dumps(schema))
 
 
 def output_parsing(tools: Sequence[Tool], choice: ToolChoice, separate_reasoning: bool,

@@ -12,6 +12,7 @@ tokenizer tier owns text, so end/pad ids come from the model folder. Facts this 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import ModuleType
@@ -29,7 +30,7 @@ from splitserve.generator.engines.trtllm_common import (
     stop_reason_of,
 )
 from splitserve.generator.engines.trtllm_errors import is_engine_fault, llmapi_error
-from splitserve.generator.engines.trtllm_sampling import llmapi_kwargs
+from splitserve.generator.engines.trtllm_sampling import guided_decoding_kwargs, llmapi_kwargs
 from splitserve.generator.engines.trtllm_versions import installed_version, llmapi_capabilities
 from splitserve.link.types import (
     EngineCapabilities,
@@ -73,7 +74,8 @@ class TrtllmLlmApiEngine:
         self._facts = await asyncio.to_thread(read_model_facts, self._config.model_path)
         self._llmapi = import_trtllm("tensorrt_llm.llmapi")
         self._version = installed_version(import_trtllm("tensorrt_llm"))
-        self._capabilities = llmapi_capabilities(self._version)
+        self._capabilities = dataclasses.replace(  # guides need the LLM built with a backend for them
+            llmapi_capabilities(self._version), constrained_decoding=self._config.guided_decoding_backend is not None)
         self._llm = await asyncio.to_thread(self._create_llm, self._llmapi)
         warm = GenerationRequest("warm-up", [self._facts.end_id], max_new_tokens=2)
         async for _ in self.generate(warm):
@@ -118,21 +120,29 @@ class TrtllmLlmApiEngine:
         cfg = self._config
         log.info("loading %s with TensorRT-LLM's LLM API (tensor_parallel_size=%d)",
                  cfg.model_path, cfg.tensor_parallel_size)
+        guided = {} if cfg.guided_decoding_backend is None else {"guided_decoding_backend": cfg.guided_decoding_backend}
         return llmapi.LLM(
-            model=cfg.model_path, skip_tokenizer_init=True, tensor_parallel_size=cfg.tensor_parallel_size,
+            # The guided-decoding backends build their token tables from the LLM's tokenizer (the PyTorch
+            # executor asserts one): keep it then. Text still never passes through TensorRT-LLM (detokenize=False).
+            model=cfg.model_path, skip_tokenizer_init=not guided, tensor_parallel_size=cfg.tensor_parallel_size,
             dtype=cfg.dtype, max_batch_size=cfg.max_batch_size, max_seq_len=cfg.max_total_tokens,
             max_input_len=cfg.max_input_tokens,
             # chunked prefill is off: a prompt longer than max_num_tokens would be refused
             max_num_tokens=max(cfg.max_batch_tokens, cfg.max_input_tokens),
             kv_cache_config=llmapi.KvCacheConfig(
                 free_gpu_memory_fraction=cfg.kv_cache_free_gpu_memory_fraction),
+            **guided,
         )
 
     def _submit(self, request: GenerationRequest) -> Any:
         if self._llm is None or self._llmapi is None or self._facts is None:
             raise EngineUnavailable("engine is not running")
         try:
-            params = self._llmapi.SamplingParams(**llmapi_kwargs(request, self._facts))
+            kwargs = llmapi_kwargs(request, self._facts)
+            if request.constraint is not None:
+                kwargs["guided_decoding"] = self._llmapi.GuidedDecodingParams(
+                    **guided_decoding_kwargs(request.constraint))
+            params = self._llmapi.SamplingParams(**kwargs)
             return self._llm.generate_async(request.prompt_token_ids, sampling_params=params, streaming=True)
         except Exception as error:
             raise self._request_error(error) from error

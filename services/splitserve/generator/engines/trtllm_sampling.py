@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from splitserve.generator.engines.trtllm_common import ModelFacts, end_and_stop_ids
-from splitserve.link.types import GenerationRequest, SamplingParams
+from splitserve.link.types import Constraint, ConstraintKind, GenerationRequest, SamplingParams
+
+_REGEX_SPECIALS = frozenset("\\.^$|?*+()[]{}")
 
 
 def llmapi_kwargs(request: GenerationRequest, facts: ModelFacts) -> dict[str, Any]:
@@ -35,6 +37,29 @@ def llmapi_kwargs(request: GenerationRequest, facts: ModelFacts) -> dict[str, An
         kwargs |= {"temperature": sampling.temperature, "top_k": sampling.top_k or None,
                    "top_p": sampling.top_p}
     return kwargs
+
+
+def guided_decoding_kwargs(constraint: Constraint) -> dict[str, Any]:
+    """Keyword arguments of tensorrt_llm's GuidedDecodingParams (json, regex, grammar, json_object).
+
+    TensorRT-LLM has no `choice` guide: a choice becomes a regex alternation of the escaped strings. A
+    `grammar` goes as it is, in the syntax of the LLM's backend (xgrammar: its EBNF; llguidance: Lark or GBNF).
+    """
+    kind = constraint.kind
+    if kind is ConstraintKind.JSON_SCHEMA:
+        return {"json": constraint.spec}
+    if kind is ConstraintKind.JSON_OBJECT:
+        return {"json_object": True}
+    if kind is ConstraintKind.REGEX:
+        return {"regex": constraint.spec}
+    if kind is ConstraintKind.CHOICE:
+        return {"regex": "|".join(f"({_escape(choice)})" for choice in constraint.choices)}
+    return {"grammar": constraint.spec}
+
+
+def _escape(text: str) -> str:
+    """A regex matching `text` literally (only the metacharacters escaped: both backends' dialects accept it)."""
+    return "".join(f"\\{c}" if c in _REGEX_SPECIALS else c for c in text)
 
 
 def executor_kwargs(sampling: SamplingParams, min_new_tokens: int) -> dict[str, Any]:

@@ -15,6 +15,14 @@ Reproduces too: generate_async needs a running event loop and an explicit end_id
 is skipped; `token_ids_diff` may hold several tokens; the end_id token is left out of the output
 while stop tokens are kept only with include_stop_str_in_output; leaving the `async for` does NOT
 abort (the request keeps its slot), only `abort()` does; "LLM is shutting down".
+Guided decoding (tensorrt_llm/sampling_params.py `GuidedDecodingParams`, llmapi/llm_args.py
+`guided_decoding_backend: Optional[Literal["xgrammar", "llguidance"]]`, _torch/pyexecutor/_util.py
+`get_guided_decoding_config`): the params are a `@dataclass(slots=True, kw_only=True)` of json, regex,
+grammar, json_object and structural_tag, of which at most one may be set; a backend other than those two
+is refused; a backend needs the LLM's tokenizer (the real executor asserts it: skip_tokenizer_init=True
+fails at start-up). A request carrying guides to an LLM built without a backend is refused with ValueError
+(strict by choice: the adapters never send one). The toy model does not follow the guides; it records them
+(`standin_guided`).
 Every class has `__slots__`, so code that sets a name the real class lacks fails here too. Names
 starting with `standin_` are test hooks with no counterpart in the real package.
 """
@@ -56,8 +64,27 @@ class KvCacheConfig:
 
 
 @dataclass(slots=True, kw_only=True)
+class GuidedDecodingParams:
+    """Guided decoding parameters; only one of the fields may be effective (tensorrt_llm/sampling_params.py)."""
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    json_object: bool = False
+    structural_tag: str | None = None
+
+    def _validate(self) -> None:
+        num_guides = sum(bool(getattr(self, name)) for name in self.__slots__)
+        if num_guides > 1:
+            raise ValueError(f"Only one guide can be used for a request, but got {num_guides}.")
+
+
+GUIDED_DECODING_BACKENDS = ("xgrammar", "llguidance")
+
+
+@dataclass(slots=True, kw_only=True)
 class SamplingParams:
-    """The 1.2.1 fields the adapters may set; guided decoding and beam search are left out."""
+    """The 1.2.1 fields the adapters may set; beam search is left out."""
 
     end_id: int | None = None
     pad_id: int | None = None
@@ -78,7 +105,7 @@ class SamplingParams:
     min_p: float | None = None
     logprobs: int | None = None
     exclude_input_from_output: bool = True
-    guided_decoding: Any = None
+    guided_decoding: GuidedDecodingParams | None = None
     ignore_eos: bool = False
     detokenize: bool = True
 
@@ -92,6 +119,8 @@ class SamplingParams:
             raise ValueError(f"require top_k >= 0, got top_k={self.top_k}")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"require temperature >= 0, got temperature={self.temperature}")
+        if self.guided_decoding is not None:
+            self.guided_decoding._validate()
 
 
 FinishName = Literal["stop", "length", "timeout", "cancelled"]
@@ -198,6 +227,7 @@ class LLM:
         "standin_aborted_ids",
         "standin_active",
         "standin_fail_next_request",
+        "standin_guided",
         "standin_max_num_tokens",
         "standin_seeds",
         "standin_skip_tokenizer_init",
@@ -213,6 +243,11 @@ class LLM:
         unknown = set(kwargs) - _ALLOWED_ARGS
         if unknown:  # the real LlmArgs is a pydantic model that forbids extra fields
             raise ValueError(f"unknown LLM arguments: {sorted(unknown)}")
+        backend = kwargs.get("guided_decoding_backend")
+        if backend is not None and backend not in GUIDED_DECODING_BACKENDS:  # a Literal field of LlmArgs
+            raise ValueError(f"guided_decoding_backend: Input should be 'xgrammar' or 'llguidance', got {backend!r}")
+        if backend is not None and skip_tokenizer_init and tokenizer is None:
+            raise AssertionError("assert tokenizer is not None")  # get_guided_decoding_config, at executor start
         config = json.loads((Path(model) / "config.json").read_text())
         self.args = dict(kwargs, tensor_parallel_size=tensor_parallel_size, dtype=dtype)
         self.standin_vocab_size = int(config["vocab_size"])
@@ -222,6 +257,7 @@ class LLM:
         self.standin_aborted_ids: list[int] = []
         self.standin_fail_next_request: str | None = None  # the next request fails with RequestError(this)
         self.standin_seeds = random.Random()  # TorchSampler 1.2.1 has no per-request seed
+        self.standin_guided: list[GuidedDecodingParams] = []  # every request's guides, in arrival order
         self._ids = itertools.count(1)
         self._shutting_down = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,6 +274,10 @@ class LLM:
         if params.end_id is None and self.standin_skip_tokenizer_init:
             raise ValueError("tokenizer is required to reset end_id if it is None, or you can explicitly "
                              "specify the end_id for sampling_params")
+        if params.guided_decoding is not None:
+            if self.args.get("guided_decoding_backend") is None:
+                raise ValueError("guided decoding params given, but the LLM was built without guided_decoding_backend")
+            self.standin_guided.append(params.guided_decoding)
         if len(prompt) > self.standin_max_num_tokens:
             raise RequestError(f"The sum of prompt length ({float(len(prompt))}), query length (0) should not "
                                f"exceed max_num_tokens ({self.standin_max_num_tokens})")

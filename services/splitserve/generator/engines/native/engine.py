@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -10,9 +11,10 @@ import signal
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
-from splitserve.common.errors import EngineUnavailable, Overloaded, RequestError
+from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overloaded, RequestError
 from splitserve.generator.engine import Deliver, HealthListener
 from splitserve.generator.engines.model_folder import eos_ids_of_folder
+from splitserve.generator.engines.native.constraints import ConstraintCompiler, ConstraintMatcher
 from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
 from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
 from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
@@ -23,6 +25,7 @@ from splitserve.generator.engines.native.tensor_parallel import (
 )
 from splitserve.generator.finish import stop_reason
 from splitserve.link.types import (
+    Constraint,
     EngineCapabilities,
     EngineInfo,
     EngineLoad,
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
 CAPABILITIES = EngineCapabilities(seed=True, repetition_penalty=True, presence_penalty=True, frequency_penalty=True,
-                                  min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS)
+                                  min_p=True, min_new_tokens=True, logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS,
+                                  constrained_decoding=True)
 
 
 def terminate_process() -> None:
@@ -69,14 +73,17 @@ class NativeEngine:
         self._device: DeviceSide | None = None
         self._loop_thread: StepLoop | None = None
         self._eos_ids: tuple[int, ...] = ()
+        self._constraints: ConstraintCompiler | None = None
         self._ids = itertools.count(1)
         self._in_flight = 0
+        self._compiling: set[asyncio.Task[None]] = set()  # direct streams' constraints being compiled
 
     @property
     def info(self) -> EngineInfo:
         if self._device is None:
             raise RuntimeError("engine not started")
-        return self._config.engine_info("native", self._device.config.vocab_size, self._eos_ids, CAPABILITIES)
+        capabilities = dataclasses.replace(CAPABILITIES, constrained_decoding=self._constraints is not None)
+        return self._config.engine_info("native", self._device.config.vocab_size, self._eos_ids, capabilities)
 
     @property
     def restarts(self) -> int:
@@ -87,6 +94,7 @@ class NativeEngine:
         self._eos_ids = await asyncio.to_thread(eos_ids_of_folder, self._config.model_path)
         self._device = await asyncio.to_thread(self._build_device_side)
         await asyncio.to_thread(self._device.runner.capture_graphs)
+        self._constraints = await asyncio.to_thread(self._constraint_compiler)
         cfg, device = self._config, self._device
         limits = SchedulerLimits(device.num_blocks, device.block_size, cfg.max_batch_size, cfg.max_batch_tokens,
                                  cfg.enable_prefix_caching)
@@ -105,6 +113,21 @@ class NativeEngine:
             async for _ in self.generate(GenerationRequest("warm-up", [self._eos_ids[0]], sampling, max_new_tokens=2)):
                 pass
 
+    def _constraint_compiler(self) -> ConstraintCompiler | None:
+        """None when the grammar library cannot take the model's tokenizer: the engine then serves unconstrained."""
+        assert self._device is not None
+        try:
+            return ConstraintCompiler(self._config.model_path, self._device.config.vocab_size, self._eos_ids)
+        except Exception:  # e.g. a model folder with only a slow (sentencepiece) tokenizer
+            log.exception("native engine: structured output is off (the model's tokenizer cannot be used by %s)",
+                          "llguidance")
+            return None
+
+    def _matcher(self, constraint: Constraint) -> ConstraintMatcher:
+        if self._constraints is None:  # validation refuses it first (the capability is off)
+            raise InvalidRequest("engine 'native' does not support constrained decoding with this model's tokenizer")
+        return self._constraints.matcher(constraint)
+
     def _build_device_side(self) -> DeviceSide:
         """Rank 0's shard; under tensor parallelism the workers are started first and load theirs alongside."""
         if self._config.tensor_parallel_size == 1:
@@ -119,6 +142,8 @@ class NativeEngine:
         loop_thread = self._running_loop()
         self._admit()
         seq = self._sequence(request)
+        if request.constraint is not None:  # compiled (or found cached) before the engine sees the request
+            seq.constraint = await asyncio.to_thread(self._matcher, request.constraint)
         queue: asyncio.Queue[Emitted | BaseException] = asyncio.Queue()
         self._in_flight += 1
         finished = False
@@ -141,8 +166,23 @@ class NativeEngine:
         self._admit()
         stream = _DirectStream(self, loop_thread, self._sequence(request), request, deliver)
         self._in_flight += 1
-        loop_thread.submit(stream.seq, stream.on_item)
+        if request.constraint is None:
+            loop_thread.submit(stream.seq, stream.on_item)
+        else:  # compiled off the event loop first, as in `generate`
+            task = asyncio.get_running_loop().create_task(self._submit_constrained(stream, loop_thread))
+            self._compiling.add(task)
+            task.add_done_callback(self._compiling.discard)
         return stream.cancel
+
+    async def _submit_constrained(self, stream: _DirectStream, loop_thread: StepLoop) -> None:
+        assert stream.request.constraint is not None
+        try:
+            stream.seq.constraint = await asyncio.to_thread(self._matcher, stream.request.constraint)
+        except RequestError as error:
+            stream.on_item(error)
+            return
+        if stream.is_open:  # not cancelled while it compiled
+            loop_thread.submit(stream.seq, stream.on_item)
 
     def _stream_ended(self) -> None:
         self._in_flight -= 1
@@ -218,7 +258,9 @@ class NativeEngine:
 
     def _final_chunk(self, tokens: list[TokenOutput], seq: Sequence, request: GenerationRequest) -> GenerationChunk:
         last = seq.token_ids[-1] if seq.num_output_tokens else None
-        reason, stop_id = stop_reason(last, request, self._eos_ids, FinishReason.LENGTH)
+        # A grammar that allows nothing more ends the request as its EOS would (EOS was the only token left).
+        otherwise = FinishReason.EOS_TOKEN if seq.is_constraint_done else FinishReason.LENGTH
+        reason, stop_id = stop_reason(last, request, self._eos_ids, otherwise)
         seed = request.sampling.seed if seq.sampling.is_greedy else seq.sampling.seed  # the one drawn, if any
         return GenerationChunk(tokens, reason, stop_id, seq.num_prompt_tokens, seq.num_output_tokens, seed,
                                num_cached_prompt_tokens=seq.num_cached_prompt_tokens)
@@ -246,6 +288,10 @@ class _DirectStream:
             self._deliver(self._engine._final_chunk([item.token], self.seq, self.request))
         else:
             self._deliver(GenerationChunk([item.token]))
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     def cancel(self) -> None:
         if self._open:

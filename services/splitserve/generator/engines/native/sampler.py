@@ -14,6 +14,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from .constraints import BitmaskFiller, apply_bitmask
 from .seeded_noise import gumbel_argmax, split_seed, token_keys
 from .sequence import SamplingOptions, Sequence
 
@@ -41,6 +42,7 @@ class Sampler:
         # Eager, the hash is ~30 passes over [B, V] int64 (2.4 ms at B=256, V=128256 on an H200); compiled it is one
         # fused kernel (0.14 ms) with the same integer ops. CPU stays eager: no compiler needed, and B is small there.
         self._gumbel_argmax = torch.compile(gumbel_argmax, dynamic=True) if device.type == "cuda" else gumbel_argmax
+        self._bitmasks = BitmaskFiller(vocab_size, device)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         logits = logits[:, : self.vocab_size]  # a padded lm_head's extra columns are never sampled
@@ -51,7 +53,8 @@ class Sampler:
         masked = [i for i, seq in enumerate(seqs) if seq.stop_token_ids and
                   seq.num_output_tokens < seq.sampling.min_new_tokens]
         sampled = [i for i, o in enumerate(opts) if not o.is_greedy]
-        if not (wants_logprobs or penalized or masked or sampled):
+        constrained = [i for i, seq in enumerate(seqs) if seq.constraint is not None]
+        if not (wants_logprobs or penalized or masked or sampled or constrained):
             return SamplerOutput(torch.argmax(logits, dim=-1), None, None, None)
 
         logits = logits.float()
@@ -62,8 +65,15 @@ class Sampler:
             logits = _on_rows(logits, penalized, lambda x: apply_penalties(x, rows, prompts))
         if masked:
             logits = mask_stop_tokens(logits, [seqs[i] for i in masked], masked)
+        if constrained:  # after penalties, before temperature and the filters; logprobs stay the raw ones
+            logits = _on_rows(logits, constrained, lambda x: self._mask_grammar(x, [seqs[i] for i in constrained]))
         token_ids = self._choose(logits, seqs, sampled)
         return _with_logprobs(token_ids, raw_logprobs, num_top)
+
+    def _mask_grammar(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """-inf at every token the rows' grammars do not allow next."""
+        matchers = [seq.constraint for seq in seqs if seq.constraint is not None]
+        return apply_bitmask(logits, self._bitmasks.fill(matchers))
 
     def _prompt_ids(self, seq: Sequence) -> torch.Tensor:
         """The prompt's ids on the device, sent once per sequence (they never change; outputs are sent each step)."""

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from splitserve.generator.engines.native.constraints import ConstraintMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -56,6 +60,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # leading blocks of block_table already registered in the prefix cache
     num_preemptions: int = 0
+    constraint: ConstraintMatcher | None = None  # structured output: advanced with each accepted token
 
     @property
     def num_tokens(self) -> int:
@@ -74,6 +79,13 @@ class Sequence:
         return self.status is SequenceStatus.FINISHED
 
     def append_token(self, token_id: int) -> bool:
-        """Adds a sampled token; True when the sequence is now done (a stop id, or max_new_tokens reached)."""
+        """Adds a sampled token; True when the sequence is now done (a stop id, max_new_tokens, or its grammar done)."""
         self.token_ids.append(token_id)
+        if self.constraint is not None and (not self.constraint.accept(token_id) or self.constraint.is_finished):
+            return True  # a refused token cannot happen under the mask; ending is all that is left then
         return token_id in self.stop_token_ids or self.num_output_tokens >= self.max_new_tokens
+
+    @property
+    def is_constraint_done(self) -> bool:
+        """Its grammar is complete (it then ends even when its last token was no stop id)."""
+        return self.constraint is not None and self.constraint.is_finished
