@@ -10,6 +10,7 @@ from splitserve.link.convert import sampling_from_pb
 from splitserve.link.types import GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import ChatMessage, TextCodec
+from splitserve.tokenizer.text_input import TextInput
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
 
 AnyGenerateRequest = pb.GenerateRequest | pb.GenerateStreamRequest
@@ -27,29 +28,20 @@ def request_id_of(msg: AnyGenerateRequest) -> str:
     return msg.request_id or uuid.uuid4().hex
 
 
-def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec, config: TokenizerConfig) -> list[int]:
-    """Token IDs for whichever input the request carries."""
+def input_of(msg: AnyGenerateRequest | pb.TokenizeRequest) -> TextInput:
+    """The request's input as the plain type both APIs tokenize."""
     kind = msg.WhichOneof("input")
     if kind in ("prompt", "text"):
-        text: str = getattr(msg, kind)
-        if len(text) > config.max_prompt_chars:
-            raise InvalidRequest(f"prompt has {len(text)} characters, over the limit "
-                                 f"max_prompt_chars={config.max_prompt_chars}")
         add_special = isinstance(msg, pb.TokenizeRequest) and msg.add_special_tokens
-        return codec.encode_text(text, add_special_tokens=add_special)
+        return TextInput(prompt=getattr(msg, kind), add_special_tokens=add_special)
     if kind == "chat":
         chat = msg.chat
-        if len(chat.messages) > config.max_chat_messages:  # templates render each turn: cost grows with the count
-            raise InvalidRequest(f"chat has {len(chat.messages)} messages, over the limit "
-                                 f"max_chat_messages={config.max_chat_messages}")
-        if sum(len(m.content) + len(m.role) for m in chat.messages) > config.max_prompt_chars:
-            raise InvalidRequest(f"chat content is over the limit max_prompt_chars={config.max_prompt_chars}")
-        return codec.encode_chat([ChatMessage(m.role, m.content) for m in chat.messages],
-                                 chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True,
-                                 chat.allow_special_tokens_in_content)
+        return TextInput(chat=tuple(ChatMessage(m.role, m.content) for m in chat.messages),
+                         add_generation_prompt=chat.add_generation_prompt if chat.HasField("add_generation_prompt")
+                         else True, allow_special_tokens_in_content=chat.allow_special_tokens_in_content)
     if kind == "token_ids":
-        return list(msg.token_ids.ids)  # type: ignore[union-attr]
-    raise InvalidRequest("the request has no input: set one of prompt, chat or token_ids")
+        return TextInput(token_ids=tuple(msg.token_ids.ids))  # type: ignore[union-attr]
+    return TextInput()
 
 
 def check_stops(stops: list[str], config: TokenizerConfig) -> None:
