@@ -60,6 +60,7 @@ class HttpServer:
         if self._task is None:
             return
         self._server.config.timeout_graceful_shutdown = math.ceil(grace_seconds)
+        self._server.force_exit = grace_seconds <= 0  # no grace: close at once, without waiting for requests
         self._server.should_exit = True
         await self._task
         self._task = None
