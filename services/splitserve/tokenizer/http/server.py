@@ -59,8 +59,9 @@ class HttpServer:
         """Stops accepting, lets requests in flight finish within the grace period, then closes."""
         if self._task is None:
             return
-        self._server.config.timeout_graceful_shutdown = math.ceil(grace_seconds)
-        self._server.force_exit = grace_seconds <= 0  # no grace: close at once, without waiting for requests
+        force = grace_seconds <= 0  # no grace: close at once, without waiting for requests
+        self._server.config.timeout_graceful_shutdown = None if force else math.ceil(grace_seconds)
+        self._server.force_exit = force
         self._server.should_exit = True
         await self._task
         self._task = None
