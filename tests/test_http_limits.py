@@ -33,14 +33,14 @@ async def bench(model_dir: Path) -> AsyncIterator[BenchStack]:
 
 
 @contextlib.asynccontextmanager
-async def streaming(bench: BenchStack, http: httpx.AsyncClient, **fields: Any) -> AsyncIterator[httpx.Response]:
-    """A streamed completion whose first event has arrived; leaving the block closes the connection."""
+async def streaming(bench: BenchStack, http: httpx.AsyncClient, **fields: Any) -> AsyncIterator[AsyncIterator[str]]:
+    """A streamed completion's lines after its first event; leaving the block closes the connection."""
     body = {**LONG, **fields, "stream": True}
     async with http.stream("POST", f"{bench.http_url}/completions", json=body) as answer:
         assert answer.status_code == 200
         lines = answer.aiter_lines()
         assert (await anext(lines)).startswith("data: ")
-        yield answer
+        yield lines
 
 
 async def test_disconnect_mid_stream_frees_the_engine_slot_within_a_step(bench: BenchStack) -> None:
@@ -149,3 +149,17 @@ async def test_no_serving_generator_is_a_503_and_health_says_so(model_dir: Path)
             assert (await http.get(health_url)).status_code == 503
             answer = await http.post(f"{stack.http_url}/completions", json={**LONG, "max_tokens": 2})
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "unavailable"
+
+
+async def test_stop_drains_a_stream_in_flight_and_refuses_new_connections(model_dir: Path) -> None:
+    async with bench_stack(model_dir, None, {"http_address": "127.0.0.1:0"}) as stack:
+        url = stack.http_url
+        async with httpx.AsyncClient() as http, streaming(stack, http, max_tokens=100) as lines:
+            stopping = asyncio.ensure_future(stack.tokenizer.stop(5))
+            rest = [line async for line in lines if line]
+            await stopping
+        assert rest[-1] == "data: [DONE]"  # the stream finished within the grace period
+        assert json.loads(rest[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "length"
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"{url}/models")
