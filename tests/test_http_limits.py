@@ -101,6 +101,20 @@ async def test_a_full_generator_queue_is_a_429(bench: BenchStack) -> None:
     await wait_for_load(bench, 0)
 
 
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"min_p": 0.1}, "min_p"), ({"repetition_penalty": 1.3}, "repetition_penalty"), ({"min_tokens": 4}, "min_tokens"),
+    ({"presence_penalty": 0.5}, "presence_penalty"), ({"seed": 1, "temperature": 0.7}, "seed"),
+    ({"logprobs": 1}, "logprobs"),
+])
+async def test_a_field_the_engine_cannot_honour_is_a_400_naming_it(bench: BenchStack, fields: dict[str, Any],
+                                                                    param: str) -> None:
+    async with httpx.AsyncClient() as http:  # the bench engine honours none of these
+        answer = await http.post(f"{bench.http_url}/completions", json={**LONG, "max_tokens": 2, **fields})
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == param
+    assert error["message"] == f"engine 'bench' cannot honour {param}"
+
+
 async def test_a_deadline_that_passes_is_a_504_and_frees_the_engine(bench: BenchStack) -> None:
     async with httpx.AsyncClient() as http:
         answer = await http.post(f"{bench.http_url}/completions", json=LONG, headers={"x-request-timeout": "0.5"})

@@ -63,7 +63,8 @@ class OpenAIApi:
         try:
             self._authorize(request)
             plan = planner(await request.body())
-            self._frontend.pool(plan.model)  # starting (503) or an unknown model (404): before any slot is taken
+            # starting (503), an unknown model (404) or a field its engine cannot honour (400): before any slot
+            plan.check_engine(pool_info(self._frontend.pool(plan.model)).engine_info)
             time_remaining = _deadline(request)
             if not self._limit.try_acquire():
                 raise self._limit.refusal()

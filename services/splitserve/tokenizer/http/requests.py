@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from splitserve.link.types import GenerationRequest, SamplingParams
+from splitserve.link.types import EngineInfo, GenerationRequest, SamplingParams
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.http import schema
 from splitserve.tokenizer.http.errors import InvalidField, from_validation
@@ -35,6 +35,24 @@ class Plan:
     top_logprobs: int
     user: str | None
     body: schema.SamplingFields
+
+    def check_engine(self, info: EngineInfo) -> None:
+        """Refuses, by its OpenAI name, a field the pool's engine cannot honour (the generator would refuse it
+        too, by the gRPC API's name)."""
+        b, caps = self.body, info.capabilities
+        sampled = b.temperature is None or b.temperature > 0  # unset is OpenAI's 1.0
+        unmet = [("repetition_penalty", b.repetition_penalty not in (None, 1.0) and not caps.repetition_penalty),
+                 ("presence_penalty", bool(b.presence_penalty) and not caps.presence_penalty),
+                 ("frequency_penalty", bool(b.frequency_penalty) and not caps.frequency_penalty),
+                 ("min_p", bool(b.min_p) and not caps.min_p),
+                 ("seed", b.seed is not None and sampled and not caps.seed),
+                 ("min_tokens", b.min_tokens > 0 and not caps.min_new_tokens),
+                 ("logprobs", self.logprobs and not caps.logprobs),
+                 ("top_logprobs", self.top_logprobs > caps.max_top_logprobs)]
+        for name, refused in unmet:
+            if refused:
+                raise InvalidField(name, f"engine {info.engine_label} cannot honour {name}"
+                                   + (f" above {caps.max_top_logprobs}" if name == "top_logprobs" else ""))
 
     def text_request(self, request_id: str, prompt_ids: list[int], config: TokenizerConfig) -> TextRequest:
         """The pipeline's request, built once the prompt is tokenized."""
