@@ -22,7 +22,7 @@ from .bench_stack import BenchStack, bench_stack
 from .test_admission import long_request, wait_for_load
 
 MODEL = "SmolLM2-135M-Instruct"
-LIMITS = {"max_inflight_requests": 3, "http_address": "127.0.0.1:0"}
+LIMITS = {"max_inflight_requests": 3, "max_receive_message_bytes": 64 * 1024, "http_address": "127.0.0.1:0"}
 LONG = {"model": MODEL, "prompt": "Count:", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
 
 
@@ -113,6 +113,12 @@ async def test_a_field_the_engine_cannot_honour_is_a_400_naming_it(bench: BenchS
     error = answer.json()["error"]
     assert answer.status_code == 400 and error["param"] == param
     assert error["message"] == f"engine 'bench' cannot honour {param}"
+
+
+async def test_a_body_over_the_message_size_limit_is_a_400_naming_it(bench: BenchStack) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{bench.http_url}/completions", json={**LONG, "prompt": "x" * 70_000})
+    assert answer.status_code == 400 and "max_receive_message_bytes=65536" in answer.json()["error"]["message"]
 
 
 async def test_a_deadline_that_passes_is_a_504_and_frees_the_engine(bench: BenchStack) -> None:

@@ -62,7 +62,7 @@ class OpenAIApi:
         headers = _answer_headers(request)
         try:
             self._authorize(request)
-            plan = planner(await request.body())
+            plan = planner(await self._body(request))
             # starting (503), an unknown model (404) or a field its engine cannot honour (400): before any slot
             plan.check_engine(pool_info(self._frontend.pool(plan.model)).engine_info)
             time_remaining = _deadline(request)
@@ -113,6 +113,16 @@ class OpenAIApi:
         """The tier's Prometheus metrics, as on --metrics-port."""
         registry = self._frontend.tracker.telemetry.metrics.registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, within --max-receive-message-bytes (the limit gRPC requests have too)."""
+        limit, size, chunks = self._frontend.config.max_receive_message_bytes, 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidRequest(f"the request body is over the limit max_receive_message_bytes={limit}")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _authorize(self, request: Request) -> None:
         if self._expected is None:
