@@ -166,10 +166,14 @@ async def test_limits_are_a_400_naming_the_limit(client: openai.AsyncOpenAI) -> 
         await client.completions.create(model=MODEL, prompt=PARIS, max_tokens=2, stop=[str(i) for i in range(17)])
 
 
-async def test_unknown_model_is_a_404(client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        await client.completions.create(model="gpt-5", prompt=PARIS, max_tokens=2)
+async def test_unknown_model_is_a_404_counted_and_logged(client: openai.AsyncOpenAI,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER), pytest.raises(openai.NotFoundError) as caught:
+        await client.completions.create(model="gpt-5", prompt=PARIS, max_tokens=2,
+                                        extra_headers={"x-request-id": "no-such-model"})
     assert caught.value.body["code"] == "not_found" and MODEL in caught.value.message  # type: ignore[index]
+    [line] = [r.fields for r in caplog.records if r.name == REQUEST_LOGGER]  # type: ignore[attr-defined]
+    assert (line["request_id"], line["api"], line["status"]) == ("no-such-model", "http", "NOT_FOUND")
 
 
 async def test_models_health_and_metrics(client: openai.AsyncOpenAI, stack: Stack) -> None:

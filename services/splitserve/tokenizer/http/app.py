@@ -6,6 +6,7 @@ detokenizer and stop strings, routing, limits, the shared in-flight bound and th
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -62,10 +63,7 @@ class OpenAIApi:
         headers = _answer_headers(request)
         try:
             self._authorize(request)
-            plan = planner(await self._body(request))
-            # starting (503), an unknown model (404) or a field its engine cannot honour (400): before any slot
-            plan.check_engine(pool_info(self._frontend.pool(plan.model)).engine_info)
-            time_remaining = _deadline(request)
+            plan, time_remaining = await self._checked(request, planner, headers[REQUEST_ID_HEADER])
             if not self._limit.try_acquire():
                 raise self._limit.refusal()
         except RequestError as error:
@@ -74,6 +72,20 @@ class OpenAIApi:
             return self._respond(plan, headers, time_remaining)
         except BaseException:
             self._limit.release()
+            raise
+
+    async def _checked(self, request: Request, planner: Planner,
+                       request_id: str) -> tuple[Plan, Callable[[], float | None]]:
+        """The request, converted and checked before any slot is taken: bad input or a field its engine cannot
+        honour (400), an unknown model (404), the tier starting (503). A refusal here is counted and logged as
+        one the pipeline makes (gRPC's refusals of the same kinds come from inside it)."""
+        try:
+            plan = planner(await self._body(request))
+            plan.check_engine(pool_info(self._frontend.pool(plan.model)).engine_info)
+            return plan, _deadline(request)
+        except RequestError as error:
+            with contextlib.suppress(RequestError), self._frontend.tracker.track(request_id, "http"):
+                raise error from None
             raise
 
     def _respond(self, plan: Plan, headers: dict[str, str],
