@@ -38,6 +38,11 @@ class BenchStack:
         return f"127.0.0.1:{self.tokenizer.port}"
 
     @property
+    def http_url(self) -> str:
+        """The OpenAI-compatible API's base URL (the tokenizer must have been started with an http_address)."""
+        return f"http://127.0.0.1:{self.tokenizer.http_port}/v1"
+
+    @property
     def generator_address(self) -> str:
         return f"127.0.0.1:{self.generator.port}"
 

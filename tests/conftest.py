@@ -71,7 +71,7 @@ async def stack(model_dir: Path) -> AsyncIterator[Stack]:
     generator = await start_generator(generator_config(model_dir), traced("splitserve-generator", spans))
     try:
         tokenizer = await start_tokenizer(TokenizerConfig(
-            str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0",
+            str(model_dir), DEFAULT_MODEL_NAME, address="127.0.0.1:0", http_address="127.0.0.1:0",
             generator_address=f"127.0.0.1:{generator.port}", generator_wait_seconds=60, grace_seconds=2),
             traced("splitserve-tokenizer", spans))
     except BaseException:

@@ -47,6 +47,20 @@ def test_bench_reports_throughput_latency_and_cpu_per_tier(tmp_path: Path, model
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_bench_drives_the_openai_api_with_the_same_report(tmp_path: Path, model_dir: Path) -> None:
+    grpc_args = bench_args("--model", str(model_dir), "--concurrency", "2", "--json", str(tmp_path / "grpc.json"))
+    http_args = bench_args("--model", str(model_dir), "--concurrency", "2", "--api", "openai",
+                           "--json", str(tmp_path / "http.json"))
+    assert run_bench(grpc_args) == 0 and run_bench(http_args) == 0
+    grpc_level, http_level = (json.loads((tmp_path / f"{name}.json").read_text())["stack"][0]
+                              for name in ("grpc", "http"))
+    assert http_level.keys() == grpc_level.keys() and http_level["cpu"].keys() == grpc_level["cpu"].keys()
+    assert http_level["completed"] > 0 and http_level["errors"] == {}
+    assert 8 <= http_level["output_tokens"] / http_level["completed"] <= 16
+    assert 0 < http_level["ttft_ms"]["p50"] <= http_level["e2e_ms"]["p99"]
+    assert http_level["cpu"]["tokenizer"]["us_per_output_token"] > 0
+
+
 def test_bench_request_rate_mode_in_process(model_dir: Path) -> None:
     args = bench_args("--model", str(model_dir), "--in-process", "--request-rate", "20", "--concurrency", "8")
     assert run_bench(args) == 0

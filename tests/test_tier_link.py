@@ -200,7 +200,7 @@ from splitserve import cli, local_stack
 
 local_stack.METRICS_PORTS = {"tokenizer": int(sys.argv[1]), "generator": int(sys.argv[2])}
 sys.exit(cli.main(["up", "--engine", "bench", "--model", sys.argv[3], "--address", sys.argv[4],
-                   "--generator-address", sys.argv[5]]))
+                   "--generator-address", sys.argv[5], "--http-address", sys.argv[6]]))
 '''
 
 
@@ -208,7 +208,8 @@ sys.exit(cli.main(["up", "--engine", "bench", "--model", sys.argv[3], "--address
 def test_up_stops_everything_and_exits_1_when_its_generator_dies(model_dir: Path) -> None:
     public, generator = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     up = subprocess.Popen([sys.executable, "-c", UP, str(free_port()), str(free_port()), str(model_dir), public,
-                           generator], stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           generator, f"127.0.0.1:{free_port()}"],
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_serving(public, [up], 180)
         children = psutil.Process(up.pid).children()

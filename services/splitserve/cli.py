@@ -123,6 +123,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         cmd.add_argument("--engine", default="native")
         cmd.add_argument("--tokenizers", type=int, default=1, help="tokenizer processes (ports 10 apart)")
         cmd.add_argument("--generators", type=int, default=1, help="generator processes (ports 10 apart)")
+        if name == "up":
+            cmd.add_argument("--http-address", default="127.0.0.1:8000",
+                             help="the OpenAI-compatible HTTP API of the (first) tokenizer; `off` disables it")
         if name == "demo":
             _add_generate_arguments(cmd)
         cmd.set_defaults(func=func)

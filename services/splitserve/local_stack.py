@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,13 +73,17 @@ class StackPlan:
     generators: list[str]
     tokenizer_metrics: list[int]
     generator_metrics: list[int]
+    tokenizer_http: list[str] = field(default_factory=list)  # each tokenizer's OpenAI-compatible API (none: off)
 
     @classmethod
-    def strided(cls, address: str, generator_address: str, tokenizers: int = 1, generators: int = 1) -> StackPlan:
-        """N tokenizers from `address` up and M generators from `generator_address` up, 10 ports apart."""
+    def strided(cls, address: str, generator_address: str, tokenizers: int = 1, generators: int = 1,
+                http_address: str | None = None) -> StackPlan:
+        """N tokenizers from `address` (and `http_address`) up and M generators from `generator_address` up,
+        10 ports apart."""
         return cls(_strided(address, tokenizers), _strided(generator_address, generators),
                    [METRICS_PORTS["tokenizer"] + PORT_STRIDE * i for i in range(tokenizers)],
-                   [METRICS_PORTS["generator"] + PORT_STRIDE * i for i in range(generators)])
+                   [METRICS_PORTS["generator"] + PORT_STRIDE * i for i in range(generators)],
+                   _strided(http_address, tokenizers) if http_address else [])
 
 
 def _strided(address: str, count: int) -> list[str]:
@@ -94,8 +98,9 @@ def spawn_stack(plan: StackPlan, model_path: str, model_name: str, engine: str,
                   for address, port in zip(plan.generators, plan.generator_metrics, strict=True)]
     pool = ",".join(plan.generators)
     tokenizers = [_spawn("tokenizer", model_path, model_name,
-                         ["--address", address, "--generator", pool, "--metrics-port", str(port)])
-                  for address, port in zip(plan.tokenizers, plan.tokenizer_metrics, strict=True)]
+                         ["--address", address, "--generator", pool, "--metrics-port", str(port),
+                          *(["--http-address", plan.tokenizer_http[i]] if plan.tokenizer_http else [])])
+                  for i, (address, port) in enumerate(zip(plan.tokenizers, plan.tokenizer_metrics, strict=True))]
     return generators, tokenizers
 
 
@@ -123,8 +128,9 @@ def stop_processes(processes: Sequence[Process], timeout: float = 15.0) -> None:
 def local_stack(args: argparse.Namespace, model_path: str,
                 model_name: str) -> Iterator[tuple[StackPlan, list[Process]]]:
     """Starts the generators then the tokenizers; stops them all (SIGTERM, then SIGKILL) on exit."""
+    http = getattr(args, "http_address", None)
     plan = StackPlan.strided(args.address, args.generator_address, getattr(args, "tokenizers", 1),
-                             getattr(args, "generators", 1))
+                             getattr(args, "generators", 1), None if http in (None, "", "off") else http)
     generators, tokenizers = spawn_stack(plan, model_path, model_name, args.engine)
     processes = [*tokenizers, *generators]
     try:
@@ -145,7 +151,8 @@ def run_up(args: argparse.Namespace, model_path: str, model_name: str) -> int:
         with local_stack(args, model_path, model_name) as (plan, processes):
             # Blocked only now: children inherit the mask, and theirs must let SIGTERM through.
             signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait only sees blocked signals
-            print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}, "
+            http = f", OpenAI-compatible HTTP on {', '.join(plan.tokenizer_http)}" if plan.tokenizer_http else ""
+            print(f"splitserve is up ({model_name}): public API on {', '.join(plan.tokenizers)}{http}, "
                   f"generators on {', '.join(plan.generators)}. Ctrl-C stops them all.", flush=True)
             while signal.sigtimedwait(stop_signals, UP_POLL_S) is None:
                 if (dead := exited(processes)) is not None:

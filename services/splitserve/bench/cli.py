@@ -29,8 +29,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (prompts, and the stack it starts)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the default model is cached")
     target = parser.add_argument_group("target (default: start both tiers with --engine)")
+    target.add_argument("--api", default="grpc", choices=["grpc", "openai"],
+                        help="the public API to drive: gRPC GenerateStream, or the OpenAI-compatible HTTP API "
+                             "(streamed /v1/completions); the report is the same")
     target.add_argument("--address", default=None,
-                        help="bench a running public API instead of starting one (comma list: round-robin)")
+                        help="bench a running public API instead of starting one (comma list: round-robin; "
+                             "with --api openai, HTTP host:port)")
     target.add_argument("--tokenizer-pid", type=_pids, default=[], help="with --address: CPU accounting "
                         "(comma list: the tier's processes)")
     target.add_argument("--generator-pid", type=int, default=None, help="with --address: CPU accounting")
@@ -119,8 +123,8 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
         pids: dict[str, int | list[int]] = {"tokenizer": args.tokenizer_pid}
         if args.generator_pid:
             pids["generator"] = args.generator_pid
-        return await _grpc_levels(args, args.address.split(","), workload, {k: v for k, v in pids.items() if v},
-                                  model_path)
+        return await _api_levels(args, args.address.split(","), workload, {k: v for k, v in pids.items() if v},
+                                 model_path)
     from splitserve.bench.stack import started_stack
 
     generator_args = ["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
@@ -130,8 +134,10 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
         sink = resources.enter_context(SpanSink()) if args.hops else None
         export = _span_export_flags(sink)
         stack = resources.enter_context(started_stack(model_path, [*generator_args, *export],
-                                                      [*args.tokenizer_arg, *export], args.tokenizers))
-        return await _grpc_levels(args, stack.addresses, workload,
+                                                      [*args.tokenizer_arg, *export], args.tokenizers,
+                                                      http=args.api == "openai"))
+        addresses = stack.http_addresses if args.api == "openai" else stack.addresses
+        return await _api_levels(args, addresses, workload,
                                   {"tokenizer": stack.tokenizer_pids, "generator": stack.generator_pid,
                                    "client": os.getpid()},  # the load generator: is it the limit?
                                   model_path, sink)
@@ -153,9 +159,11 @@ async def _report_hops(result: dict[str, Any], sink: SpanSink | None) -> None:
     print(format_hops(result["hops"]), flush=True)
 
 
-async def _grpc_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
-                       pids: dict[str, int | list[int]], model_path: str,
-                       sink: SpanSink | None = None) -> list[dict[str, Any]]:
+async def _api_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
+                      pids: dict[str, int | list[int]], model_path: str,
+                      sink: SpanSink | None = None) -> list[dict[str, Any]]:
+    if args.api == "openai":
+        return await _openai_levels(args, addresses, workload, pids, sink)
     if args.client_processes > 1:
         return await _levels_from_processes(args, addresses, pids, model_path, sink)
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
@@ -164,6 +172,21 @@ async def _grpc_levels(args: argparse.Namespace, addresses: list[str], workload:
     finally:
         for channel in channels:
             await channel.close(None)
+
+
+async def _openai_levels(args: argparse.Namespace, addresses: list[str], workload: Workload,
+                         pids: dict[str, int | list[int]], sink: SpanSink | None) -> list[dict[str, Any]]:
+    import httpx
+
+    from splitserve.bench.openai_target import OpenAITarget, served_model
+
+    if args.client_processes > 1:
+        raise SystemExit("splitserve bench: --client-processes > 1 drives the gRPC API only")
+    urls = [a if a.startswith(("http://", "https://")) else f"http://{a}" for a in addresses]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # one connection per stream
+    async with httpx.AsyncClient(limits=limits) as client:
+        target = OpenAITarget(client, urls, await served_model(client, urls[0]), args.timeout)
+        return await _run_levels(args, target, workload, pids, sink)
 
 
 async def _levels_from_processes(args: argparse.Namespace, addresses: list[str], pids: dict[str, int | list[int]],

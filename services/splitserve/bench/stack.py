@@ -20,6 +20,7 @@ class StackProcesses:
     addresses: list[str]
     tokenizer_pids: list[int]
     generator_pid: int
+    http_addresses: list[str]  # each tokenizer's OpenAI-compatible API (empty: not served)
 
     @property
     def address(self) -> str:
@@ -39,20 +40,23 @@ def _spawn(tier: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def started_stack(model: str, generator_args: list[str], tokenizer_args: list[str],
-                  tokenizers: int = 1) -> Iterator[StackProcesses]:
+                  tokenizers: int = 1, http: bool = False) -> Iterator[StackProcesses]:
     """One generator and `tokenizers` tokenizer processes (each its own port, all on that generator).
 
     Several tokenizer processes are how the tier scales out (pods in a cluster); the bench spreads
-    requests over them as a load balancer would. SIGTERM then SIGKILL on exit.
+    requests over them as a load balancer would. With `http`, each also serves the OpenAI-compatible API on
+    a port of its own. SIGTERM then SIGKILL on exit.
     """
     generator_address = f"127.0.0.1:{free_port()}"
     generator = _spawn("generator", model, ["--address", generator_address, *generator_args])
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(tokenizers)]
-    front = [_spawn("tokenizer", model, ["--address", a, "--generator", generator_address, *tokenizer_args])
-             for a in addresses]
+    http_addresses = [f"127.0.0.1:{free_port()}" for _ in range(tokenizers)] if http else []
+    front = [_spawn("tokenizer", model, ["--address", a, "--generator", generator_address, *tokenizer_args,
+                                         *(["--http-address", http_addresses[i]] if http else [])])
+             for i, a in enumerate(addresses)]
     try:
         for address in addresses:
             wait_serving(address, [generator, *front], READY_TIMEOUT_S)
-        yield StackProcesses(addresses, [t.pid for t in front], generator.pid)
+        yield StackProcesses(addresses, [t.pid for t in front], generator.pid, http_addresses)
     finally:
         stop_processes([*front, generator], timeout=20)

@@ -30,6 +30,11 @@ class InflightLimit:
     def release(self) -> None:
         self.in_flight -= 1
 
+    def refusal(self) -> Overloaded:
+        """The error a call beyond the limit gets (both APIs send it, with its retry hint)."""
+        return Overloaded(f"server busy: {self.limit} requests in flight, the limit "
+                          f"max_inflight_requests={self.limit}; retry later")
+
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls to `methods` beyond the in-flight limit with RESOURCE_EXHAUSTED before any work."""
@@ -50,8 +55,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> Callable[[], None]:
         # Counted inside the call (not in intercept_service) so that every acquire meets its release.
         if not self.limit.try_acquire():
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server busy: {self.limit.limit} requests in flight, the limit "
-                                f"max_inflight_requests={self.limit.limit}; retry later",
-                                ((RETRY_AFTER_KEY, str(Overloaded.retry_after_ms)),))
+            refusal = self.limit.refusal()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message,
+                                ((RETRY_AFTER_KEY, str(refusal.retry_after_ms)),))
         return self.limit.release

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import grpc
 
+from splitserve.common.errors import PermissionDenied, RequestError, Unauthenticated
 from splitserve.common.rpc_handlers import refusing_handler
+from splitserve.link.errors import status_code
 
 TOKEN_ENV = "SPLITSERVE_AUTH_TOKEN"
 # Probes and tooling reach these without a token: they reveal nothing about requests.
@@ -34,6 +36,18 @@ def read_token(token_file: str | None, environ: Mapping[str, str]) -> Secret | N
     return Secret(token)
 
 
+def bearer_refusal(authorization: str | None, expected: bytes) -> RequestError | None:
+    """Why a call with this `authorization` value is refused (None: it may pass); both APIs check with it."""
+    if authorization is None:
+        return Unauthenticated("missing `authorization: Bearer <token>`")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return Unauthenticated("the authorization must be `Bearer <token>`")
+    if not hmac.compare_digest(token.strip().encode(), expected):  # constant time
+        return PermissionDenied("the bearer token is not valid for this service")
+    return None
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer <token>`: UNAUTHENTICATED when absent, PERMISSION_DENIED when wrong."""
 
@@ -47,16 +61,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
-        refusal = self._refusal(handler_call_details.invocation_metadata or ())
-        return handler if refusal is None else refusing_handler(handler, *refusal)
-
-    def _refusal(self, metadata: object) -> tuple[grpc.StatusCode, str] | None:
-        values = [v for k, v in metadata if k == "authorization"]  # type: ignore[attr-defined]
-        if not values:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing `authorization: Bearer <token>` metadata"
-        scheme, _, token = str(values[0]).partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata must be `Bearer <token>`"
-        if not hmac.compare_digest(token.strip().encode(), self._expected):  # constant time
-            return grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid for this service"
-        return None
+        metadata: object = handler_call_details.invocation_metadata or ()
+        values = [str(v) for k, v in metadata if k == "authorization"]  # type: ignore[attr-defined]
+        refusal = bearer_refusal(values[0] if values else None, self._expected)
+        return handler if refusal is None else refusing_handler(handler, status_code(refusal), refusal.message)

@@ -19,6 +19,18 @@ class InvalidRequest(RequestError):
     code_name = "INVALID_ARGUMENT"
 
 
+class Unauthenticated(RequestError):
+    """The call carries no valid `Bearer <token>` credentials (UNAUTHENTICATED)."""
+
+    code_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(RequestError):
+    """The call's bearer token is not this service's (PERMISSION_DENIED)."""
+
+    code_name = "PERMISSION_DENIED"
+
+
 class ModelNotFound(RequestError):
     """The request names a model this server does not serve (NOT_FOUND)."""
 

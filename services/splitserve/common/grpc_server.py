@@ -93,12 +93,17 @@ async def create_server(address: str, service_names: Sequence[str],
     return BoundServer(server, port, reporter)
 
 
-async def wait_for_termination(bound: BoundServer, grace_seconds: float) -> None:
-    """Serves until SIGTERM/SIGINT, then reports NOT_SERVING and stops with a grace period."""
+async def wait_for_stop_signal() -> None:
+    """Returns on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def wait_for_termination(bound: BoundServer, grace_seconds: float) -> None:
+    """Serves until SIGTERM/SIGINT, then reports NOT_SERVING and stops with a grace period."""
+    await wait_for_stop_signal()
     log.info("stopping: NOT_SERVING, finishing in-flight calls within %.1fs", grace_seconds)
     await bound.drain(grace_seconds)

@@ -45,8 +45,9 @@ def trace_id_of(span: Span) -> str:
 class TrackedRequest:
     """One RPC being observed: timings, token counts, outcome."""
 
-    def __init__(self, tracker: RequestTracker, request_id: str) -> None:
+    def __init__(self, tracker: RequestTracker, request_id: str, api: str = "grpc") -> None:
         self._tracker = tracker
+        self.api = api  # which public API served it: "grpc" or "http" (the OpenAI-compatible one)
         self._metrics = tracker.telemetry.metrics
         self.request_id = request_id
         self.span = trace.get_current_span()  # the interceptor's server span (non-recording when off)
@@ -156,6 +157,7 @@ class TrackedRequest:
             m.errors.labels(code).inc()
         self._annotate_span(code)
         log_request({"request_id": self.request_id, "trace_id": self.trace_id, "tier": self._tracker.tier,
+                     "api": self.api,
                      "status": code, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
                      "completion_tokens": self.completion_tokens, "latency_ms": round(latency * 1000, 3),
                      "ttft_ms": round((self.first_token_at - self.started) * 1000, 3) if self.first_token_at else None})
@@ -183,9 +185,9 @@ class RequestTracker:
         self.model = model
 
     @contextlib.contextmanager
-    def track(self, request_id: str) -> Iterator[TrackedRequest]:
+    def track(self, request_id: str, api: str = "grpc") -> Iterator[TrackedRequest]:
         """Observes the block: a RequestError's code, a cancellation or a crash ends the request's record."""
-        tracked = TrackedRequest(self, request_id)
+        tracked = TrackedRequest(self, request_id, api)
         code = "UNKNOWN"
         try:
             yield tracked

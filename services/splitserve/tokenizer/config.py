@@ -18,6 +18,7 @@ class TokenizerConfig:
     model_path: str
     model_name: str
     address: str = "127.0.0.1:50051"
+    http_address: str | None = None  # the OpenAI-compatible HTTP API, host:port (None: not served)
     generator_address: str = "127.0.0.1:50052"
     generator_transport: str = "many"  # "many": one GenerateMany stream per generator; "stream": a call per request
     stream_interval_ms: float = 0.0  # at most one message per request per interval, held by the generator
@@ -47,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the tokenizer tier's flags (model flags are added by the caller)."""
     d = TokenizerConfig("", "")
     parser.add_argument("--address", default=d.address, help="host:port of the public API")
+    parser.add_argument("--http-address", default=None,
+                        help="host:port of the OpenAI-compatible HTTP API, in the same process (default: off)")
     parser.add_argument("--generator", action="append", default=None,
                         help="generator replicas of this model: host:port[,host:port…] or dns:///name:port "
                              f"(repeatable; default {d.generator_address} unless --pool is given)")
@@ -83,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace, model_path: str, model_name: str) -> TokenizerConfig:
     return TokenizerConfig(
-        model_path=model_path, model_name=model_name, address=args.address, generator_address=_generator_flag(args),
+        model_path=model_path, model_name=model_name, address=args.address, http_address=args.http_address,
+        generator_address=_generator_flag(args),
         max_stop_sequences=args.max_stop_sequences, max_stop_sequence_length=args.max_stop_sequence_length,
         max_prompt_chars=args.max_prompt_chars, generator_wait_seconds=args.generator_wait_seconds,
         generator_pools=tuple(args.pool), generator_transport=args.generator_transport,

@@ -15,12 +15,13 @@ _SERVICE = text_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_na
 GENERATE_METHODS = (f"/{_SERVICE}/Generate", f"/{_SERVICE}/GenerateStream")
 
 
-def public_interceptors(config: TokenizerConfig) -> list[grpc.aio.ServerInterceptor]:
-    """Authentication first (an unauthenticated call takes no slot), then admission."""
+def public_interceptors(config: TokenizerConfig, limit: InflightLimit) -> list[grpc.aio.ServerInterceptor]:
+    """Authentication first (an unauthenticated call takes no slot), then admission (the in-flight bound
+    the HTTP API shares)."""
     guards: list[grpc.aio.ServerInterceptor] = []
     if config.auth_token is not None:
         guards.append(BearerTokenInterceptor(config.auth_token))
-    guards.append(AdmissionInterceptor(InflightLimit(config.max_inflight_requests), GENERATE_METHODS))
+    guards.append(AdmissionInterceptor(limit, GENERATE_METHODS))
     return guards
 
 

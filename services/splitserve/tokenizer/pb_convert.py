@@ -10,6 +10,7 @@ from splitserve.link.convert import constraint_from_pb, sampling_from_pb
 from splitserve.link.types import Constraint, GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.text_codec import TextCodec
+from splitserve.tokenizer.text_input import TextInput
 from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
 from splitserve.tokenizer.tool_pb import chat_messages_from_pb, tool_calls_to_pb, tool_choice_from_pb, tools_from_pb
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest, ToolChoiceMode
@@ -30,39 +31,22 @@ def request_id_of(msg: AnyGenerateRequest) -> str:
     return msg.request_id or uuid.uuid4().hex
 
 
-def encode_input(msg: AnyGenerateRequest | pb.TokenizeRequest, codec: TextCodec, config: TokenizerConfig) -> list[int]:
-    """Token IDs for whichever input the request carries."""
+def input_of(msg: AnyGenerateRequest | pb.TokenizeRequest) -> TextInput:
+    """The request's input as the plain type both APIs tokenize."""
     kind = msg.WhichOneof("input")
     if kind in ("prompt", "text"):
-        text: str = getattr(msg, kind)
-        if len(text) > config.max_prompt_chars:
-            raise InvalidRequest(f"prompt has {len(text)} characters, over the limit "
-                                 f"max_prompt_chars={config.max_prompt_chars}")
         add_special = isinstance(msg, pb.TokenizeRequest) and msg.add_special_tokens
-        return codec.encode_text(text, add_special_tokens=add_special)
+        return TextInput(prompt=getattr(msg, kind), add_special_tokens=add_special)
     if kind == "chat":
         chat = msg.chat
-        if len(chat.messages) > config.max_chat_messages:  # templates render each turn: cost grows with the count
-            raise InvalidRequest(f"chat has {len(chat.messages)} messages, over the limit "
-                                 f"max_chat_messages={config.max_chat_messages}")
-        if _chat_chars(chat) > config.max_prompt_chars:
-            raise InvalidRequest(f"chat content is over the limit max_prompt_chars={config.max_prompt_chars}")
         tools = tools_from_pb(chat.tools)
-        shown = () if tool_choice_from_pb(chat).mode is ToolChoiceMode.NONE else tools
-        return codec.encode_chat(chat_messages_from_pb(chat.messages),
-                                 chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True,
-                                 chat.allow_special_tokens_in_content, shown)
+        shown = () if tool_choice_from_pb(chat).mode is ToolChoiceMode.NONE else tuple(tools)
+        return TextInput(chat=tuple(chat_messages_from_pb(chat.messages)), tools=shown,
+                         add_generation_prompt=chat.add_generation_prompt if chat.HasField("add_generation_prompt")
+                         else True, allow_special_tokens_in_content=chat.allow_special_tokens_in_content)
     if kind == "token_ids":
-        return list(msg.token_ids.ids)  # type: ignore[union-attr]
-    raise InvalidRequest("the request has no input: set one of prompt, chat or token_ids")
-
-
-def _chat_chars(chat: pb.ChatInput) -> int:
-    """What the template renders: content, roles, calls and tool specs."""
-    messages = sum(len(m.content) + len(m.role) + sum(len(c.function.name) + len(c.function.arguments)
-                                                      for c in m.tool_calls) for m in chat.messages)
-    return messages + sum(len(t.function.name) + len(t.function.description) + len(t.function.parameters_json)
-                          for t in chat.tools)
+        return TextInput(token_ids=tuple(msg.token_ids.ids))  # type: ignore[union-attr]
+    return TextInput()
 
 
 def check_stops(stops: list[str], config: TokenizerConfig) -> None:

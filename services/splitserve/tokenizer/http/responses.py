@@ -1,0 +1,113 @@
+"""The tier's text chunks → OpenAI's response JSON: whole completions and streamed chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from splitserve.tokenizer.http.requests import Plan
+from splitserve.tokenizer.text_codec import TextCodec
+from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextToken
+
+_FINISH = {
+    TextFinishReason.LENGTH: "length",
+    TextFinishReason.EOS_TOKEN: "stop",
+    TextFinishReason.STOP_SEQUENCE: "stop",
+    TextFinishReason.STOP_TOKEN: "stop",
+    TextFinishReason.CANCELLED: "abort",  # vLLM's name; OpenAI has none
+}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class ResponseShaper:
+    """Builds one request's response objects; keeps the little state streaming needs (offsets, role sent)."""
+
+    def __init__(self, plan: Plan, request_id: str, model: str, codec: TextCodec) -> None:
+        self._plan, self._codec = plan, codec
+        prefix, self._object = ("chatcmpl", "chat.completion") if plan.chat else ("cmpl", "text_completion")
+        self._head = {"id": f"{prefix}-{request_id}", "object": self._object, "created": int(time.time()),
+                      "model": model}
+        self._role_sent = False
+        self._offset = 0  # completions' text_offset of the next token
+
+    def completion(self, chunks: list[TextChunk]) -> dict[str, Any]:
+        """The whole answer of a request that was not streamed."""
+        last = chunks[-1]
+        text = "".join(c.text for c in chunks)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH.get(last.finish_reason or
+                                                                           TextFinishReason.LENGTH),
+                                  "stop_reason": _stop_reason(last)}
+        tokens = [t for c in chunks for t in c.tokens]
+        choice["logprobs"] = self._logprobs(tokens) if self._plan.logprobs else None
+        if self._plan.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {**self._head, "choices": [choice], "usage": usage(last)}
+
+    def chunk(self, chunk: TextChunk) -> dict[str, Any]:
+        """One streamed delta (the last one carries the finish reason)."""
+        reason = _FINISH[chunk.finish_reason] if chunk.finish_reason is not None else None
+        choice: dict[str, Any] = {"index": 0, "logprobs": self._logprobs(chunk.tokens) if self._plan.logprobs
+                                  else None, "finish_reason": reason}
+        if reason is not None:
+            choice["stop_reason"] = _stop_reason(chunk)
+        if self._plan.chat:
+            choice["delta"] = {"content": chunk.text}
+            if not self._role_sent:
+                choice["delta"]["role"], self._role_sent = "assistant", True
+        else:
+            choice["text"] = chunk.text
+        body: dict[str, Any] = {**self._head, "object": self._chunk_object, "choices": [choice]}
+        if self._plan.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, last: TextChunk) -> dict[str, Any]:
+        """`stream_options.include_usage`: a last chunk with no choices and the usage."""
+        return {**self._head, "object": self._chunk_object, "choices": [], "usage": usage(last)}
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self._plan.chat else "text_completion"
+
+    def _logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
+        return self._chat_logprobs(tokens) if self._plan.chat else self._text_logprobs(tokens)
+
+    def _chat_logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
+        return {"content": [{**self._entry(t.token_id, t.logprob),
+                             "top_logprobs": [self._entry(i, lp) for i, lp in t.top_logprobs]} for t in tokens]}
+
+    def _entry(self, token_id: int, logprob: float | None) -> dict[str, Any]:
+        text = self._codec.decode([token_id], False)
+        return {"token": text, "logprob": logprob if logprob is not None else 0.0,
+                "bytes": list(text.encode())}
+
+    def _text_logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
+        offsets = []
+        for t in tokens:
+            offsets.append(self._offset)
+            self._offset += len(t.text)
+        decode = self._codec.decode
+        return {"tokens": [decode([t.token_id], False) for t in tokens],
+                "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [{decode([i], False): lp for i, lp in t.top_logprobs} for t in tokens]
+                if self._plan.top_logprobs else None,
+                "text_offset": offsets}
+
+
+def usage(last: TextChunk) -> dict[str, Any]:
+    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
+            "total_tokens": last.prompt_tokens + last.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": last.cached_prompt_tokens}}
+
+
+def _stop_reason(last: TextChunk) -> str | int | None:
+    """vLLM's `stop_reason`: the stop string or stop token that ended the stream, if one did."""
+    if last.finish_reason is TextFinishReason.STOP_SEQUENCE:
+        return last.stop_sequence
+    return last.stop_token_id if last.finish_reason is TextFinishReason.STOP_TOKEN else None
