@@ -31,3 +31,17 @@ def test_the_gil_switch_interval_is_applied_to_the_process() -> None:
 def test_a_switch_interval_out_of_range_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="--gil-switch-interval-ms"):
         _config("--gil-switch-interval-ms", value)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ((), False),  # this host has no GPU: auto is off
+    (("--device", "cpu"), False),
+    (("--device", "cuda"), True),  # the native engine on one GPU gets its own process
+    (("--device", "cuda:1"), True),
+    (("--device", "cuda", "--no-engine-process"), False),
+    (("--device", "cuda", "--engine", "transformers"), False),
+    (("--device", "cpu", "--engine-process"), True),
+])
+def test_the_engine_runs_in_its_own_process_by_default_only_for_native_on_a_gpu(
+        flags: tuple[str, ...], expected: bool) -> None:
+    assert _config(*flags).engine_process is expected

@@ -2,9 +2,9 @@
 # On a CUDA GPU: the native engine in-process against the full two-tier stack over it, in interleaved
 # rounds, on a Llama-3-8B-shaped model with random bf16 weights, ISL/OSL 128/128 at 1 and 256 streams.
 # Each round runs the engine in-process, then one stack per variant:
-#   gen        the engine in the generator process (the default)
+#   gen        the engine in the generator process (--no-engine-process)
 #   gil        the same with --gil-switch-interval-ms=$GIL_MS (the engine thread gets the GIL back sooner)
-#   process    the engine in its own process (--engine-process)
+#   process    the engine in its own process (--engine-process, the default for native on CUDA)
 # The stacks run $TOKENIZERS tokenizer processes and 2 load-generator processes, with
 # --stream-interval-ms=20. Then, optionally: PROFILE=1 attaches py-spy to the generator during a
 # 256-stream stack run of each of PROFILE_VARIANTS; HOPS=1 runs a one-stream stack per variant with
@@ -45,8 +45,8 @@ STACK=(--tokenizers "$TOKENIZERS" --client-processes 2 --tokenizer-arg=--stream-
 
 variant_flags() {  # the generator flags of one stack variant
   case "$1" in
-    gen) ;;
-    gil) echo "--generator-arg=--gil-switch-interval-ms=$GIL_MS" ;;
+    gen) echo "--generator-arg=--no-engine-process" ;;
+    gil) echo "--generator-arg=--no-engine-process --generator-arg=--gil-switch-interval-ms=$GIL_MS" ;;
     process) echo "--generator-arg=--engine-process" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
@@ -76,7 +76,7 @@ profile_generator() {  # once the stack serves and its window has begun: py-spy 
 for ROUND in $(seq "$FIRST_ROUND" "$((FIRST_ROUND + ROUNDS - 1))"); do
   bench "in_process_$ROUND" --in-process --concurrency 1,256
   for v in $VARIANTS; do
-    # shellcheck disable=SC2046  # one flag or none
+    # shellcheck disable=SC2046  # one or two flags
     bench "stack_${v}_$ROUND" "${STACK[@]}" --concurrency 1,256 $(variant_flags "$v")
   done
 done

@@ -15,6 +15,7 @@ from typing import Any
 
 def _variant(report: dict[str, Any]) -> str:
     flags = report.get("args", {}).get("generator_arg", [])
+    # Reports before the native engine's default changed carry no flag for "in the generator".
     name = "engine process" if "--engine-process" in flags else "engine in generator"
     switch = [f.split("=", 1)[1] for f in flags if f.startswith("--gil-switch-interval-ms=")]
     return f"{name}, GIL {switch[0]} ms" if switch else name

@@ -214,7 +214,7 @@ async def _engine_target(args: argparse.Namespace, model_path: str) -> AsyncIter
     generator_config.add_arguments(parser)
     flags = parser.parse_args(["--engine", args.engine, "--max-batch-size", str(args.max_batch_size),
                                "--max-queued-requests", str(4 * max(args.max_batch_size, _max_in_flight(args))),
-                               *args.generator_arg])
+                               *args.generator_arg, "--no-engine-process"])  # in this process, always
     engine = create_engine(generator_config.from_args(flags, model_path, Path(model_path).name), lambda _: None)
     await engine.start()
     try:
