@@ -4,7 +4,8 @@ tokenization, tracking, then `generate_text`. The edges only convert their own m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from splitserve.common.errors import ModelNotFound, NotReady
 from splitserve.common.request_telemetry import RequestTracker, TrackedRequest
@@ -12,6 +13,7 @@ from splitserve.link.types import GeneratorInfo
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools
 from splitserve.tokenizer.pipeline import generate_text
+from splitserve.tokenizer.samples import generate_samples
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.text_input import TextInput, encode
 from splitserve.tokenizer.types import TextChunk, TextRequest
@@ -78,12 +80,22 @@ class TextFrontend:
                 prompt_ids = await self.encode(text_input)
             if tracked.records_content:
                 tracked.record_prompt(text_input.text_for_span())
-            text_request = build(prompt_ids)
-            async for chunk in generate_text(self.codec, pool, text_request, time_remaining(), tracked):
-                tracked.record_output(chunk.text)
-                if chunk.finish_reason is not None:
-                    tracked.finish(chunk.finish_reason.value, chunk.prompt_tokens, chunk.completion_tokens)
-                yield chunk
+            text_request, timeout = build(prompt_ids), time_remaining()
+
+            def run(one: TextRequest) -> AsyncGenerator[TextChunk, None]:
+                return generate_text(self.codec, pool, one, timeout, tracked)
+
+            chunks = run(text_request) if text_request.n == 1 else generate_samples(run, text_request)
+            ended, completion_tokens = 0, 0
+            async with contextlib.aclosing(chunks) as stream:
+                async for chunk in stream:
+                    if chunk.index == 0:
+                        tracked.record_output(chunk.text)
+                    if chunk.finish_reason is not None:
+                        ended, completion_tokens = ended + 1, completion_tokens + chunk.completion_tokens
+                        if ended == text_request.n:  # the request ends with its last completion
+                            tracked.finish(chunk.finish_reason.value, chunk.prompt_tokens, completion_tokens)
+                    yield chunk
 
 
 def pool_info(pool: GeneratorPool) -> GeneratorInfo:

@@ -9,6 +9,7 @@ from splitserve.common.errors import InvalidRequest
 from splitserve.link.convert import constraint_from_pb, sampling_from_pb
 from splitserve.link.types import Constraint, GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
+from splitserve.tokenizer.samples import check_n
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.text_input import TextInput
 from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
@@ -94,7 +95,7 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         generation=generation, stop=tuple(stops),
         include_tokens=options.include_tokens or options.logprobs or options.top_logprobs > 0,
         skip_special_tokens=options.skip_special_tokens if options.HasField("skip_special_tokens") else True,
-        parsing=parsing,
+        parsing=parsing, n=check_n(msg.n),
     )
 
 
@@ -109,7 +110,7 @@ def tokens_to_pb(chunk: TextChunk, codec: TextCodec) -> list[pb.Token]:
 
 def stream_response(chunk: TextChunk, request_id: str, codec: TextCodec) -> pb.GenerateStreamResponse:
     msg = pb.GenerateStreamResponse(request_id=request_id, text=chunk.text, tokens=tokens_to_pb(chunk, codec),
-                                    reasoning_text=chunk.reasoning)
+                                    reasoning_text=chunk.reasoning, index=chunk.index)
     if chunk.tool_calls:
         msg.tool_calls.extend(pb.ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
                               for d in chunk.tool_calls)
@@ -126,7 +127,7 @@ def _usage(chunk: TextChunk) -> pb.Usage:
                     cached_prompt_tokens=chunk.cached_prompt_tokens)
 
 
-def _set_finish(msg: pb.GenerateResponse | pb.GenerateStreamResponse, last: TextChunk) -> None:
+def _set_finish(msg: pb.Choice | pb.GenerateStreamResponse, last: TextChunk) -> None:
     if last.finish_reason is not None:
         msg.finish_reason = _FINISH[last.finish_reason]
     if last.seed is not None:
@@ -136,13 +137,33 @@ def _set_finish(msg: pb.GenerateResponse | pb.GenerateStreamResponse, last: Text
 
 
 def unary_response(chunks: list[TextChunk], request_id: str, model: str, codec: TextCodec) -> pb.GenerateResponse:
-    """A finished stream's chunks as one response."""
-    last = chunks[-1]
+    """A finished stream's chunks as one response; with n > 1, choice 0 on top and every choice in `choices`."""
+    by_index: dict[int, list[TextChunk]] = {}
+    for chunk in chunks:
+        by_index.setdefault(chunk.index, []).append(chunk)
+    choices = [_choice(index, by_index[index], codec) for index in sorted(by_index)]
+    first = choices[0]
     msg = pb.GenerateResponse(
-        request_id=request_id, model=model, text="".join(c.text for c in chunks),
-        tokens=[t for c in chunks for t in tokens_to_pb(c, codec)], stop_sequence=last.stop_sequence,
-        usage=_usage(last), reasoning_text="".join(c.reasoning for c in chunks),
+        request_id=request_id, model=model, text=first.text, tokens=first.tokens, stop_sequence=first.stop_sequence,
+        usage=first.usage, reasoning_text=first.reasoning_text, tool_calls=first.tool_calls,
+        tool_parse_error=first.tool_parse_error, finish_reason=first.finish_reason,
+    )
+    for name in ("seed", "stop_token_id"):
+        if first.HasField(name):
+            setattr(msg, name, getattr(first, name))
+    if len(choices) > 1:  # the prompt once, every completion's tokens
+        msg.choices.extend(choices)
+        msg.usage.completion_tokens = sum(c.usage.completion_tokens for c in choices)
+        msg.usage.cached_prompt_tokens = sum(c.usage.cached_prompt_tokens for c in choices)
+    return msg
+
+
+def _choice(index: int, chunks: list[TextChunk], codec: TextCodec) -> pb.Choice:
+    last = chunks[-1]
+    choice = pb.Choice(
+        index=index, text="".join(c.text for c in chunks), tokens=[t for c in chunks for t in tokens_to_pb(c, codec)],
+        stop_sequence=last.stop_sequence, usage=_usage(last), reasoning_text="".join(c.reasoning for c in chunks),
         tool_calls=tool_calls_to_pb(chunks), tool_parse_error=last.tool_parse_error,
     )
-    _set_finish(msg, last)
-    return msg
+    _set_finish(choice, last)
+    return choice

@@ -8,7 +8,7 @@ Reasoning and tool calls are read from the text on the way (output_parsing).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from splitserve.common.request_telemetry import TrackedRequest
 from splitserve.link.types import FinishReason, GenerationChunk
@@ -55,8 +55,8 @@ class _Decoding:
                       for t, piece in zip(chunk.tokens, pieces, strict=True)]
 
 
-async def generate_text(codec: TextCodec, generator: TokenGenerator, request: TextRequest,
-                        timeout: float | None, tracked: TrackedRequest | None = None) -> AsyncIterator[TextChunk]:
+async def generate_text(codec: TextCodec, generator: TokenGenerator, request: TextRequest, timeout: float | None,
+                        tracked: TrackedRequest | None = None) -> AsyncGenerator[TextChunk, None]:
     """Streams text chunks for one request; the last chunk carries finish reason and usage."""
     state = _Decoding(codec, request)
     stream = generator.generate(request.generation, timeout)

@@ -29,6 +29,7 @@ class TextRequest:
     include_tokens: bool = False
     skip_special_tokens: bool = True
     parsing: OutputParsing = field(default_factory=lambda: OutputParsing())
+    n: int = 1  # completions to sample (samples.py)
 
 
 class TextToken(NamedTuple):
@@ -57,6 +58,7 @@ class TextChunk:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     tool_parse_error: str = ""  # set on the last chunk when the output was not the tool-call format
     void_tool_call: int | None = None  # with tool_parse_error: a call whose deltas went out, and is no call
+    index: int = 0  # which completion, when the request asked for n > 1
 
 
 @dataclass(frozen=True)
