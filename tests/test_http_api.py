@@ -139,8 +139,9 @@ async def test_completion_logprobs(client: openai.AsyncOpenAI) -> None:
 
 BAD_FIELDS = [
     ({"n": 2}, "n"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
+    ({"tool_choice": "required"}, "tool_choice"),
     ({"logit_bias": {"1": 5}}, "logit_bias"),
     ({"frobnicate": 1}, "frobnicate"),
     ({"temperature": 9}, "temperature"),

@@ -18,6 +18,14 @@ from splitserve.tokenizer.types import OutputParsing, Tool, ToolChoice, ToolChoi
 FORCED_CALL_PARSER = "llama3_json"
 
 
+def check_unique_names(tools: Sequence[Tool]) -> None:
+    """Refuses tools whose function names repeat (a call names its function)."""
+    names = [t.function.name for t in tools]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise InvalidRequest(f"tools: function names must be unique; repeated: {', '.join(duplicated)}")
+
+
 def call_schema(tool: Tool) -> dict[str, Any]:
     """The JSON Schema of one call of `tool`: its name, then arguments matching its parameters."""
     parameters = json.loads(tool.function.parameters_json) if tool.function.parameters_json else {"type": "object"}

@@ -9,6 +9,7 @@ from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
 from splitserve.tokenizer.chat_tools import ChatMessage
 from splitserve.tokenizer.output_parsing import collect_tool_calls
+from splitserve.tokenizer.tool_choice import check_unique_names
 from splitserve.tokenizer.types import FunctionDefinition, TextChunk, Tool, ToolCall, ToolChoice, ToolChoiceMode
 
 _MODES = {pb.TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.AUTO, pb.TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.AUTO,
@@ -17,10 +18,7 @@ _MODES = {pb.TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.AUTO, pb.TOOL_CHOICE_M
 
 def tools_from_pb(tools: Iterable[pb.Tool]) -> tuple[Tool, ...]:
     out = tuple(_tool_from_pb(t) for t in tools)
-    names = [t.function.name for t in out]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise InvalidRequest(f"tools: function names must be unique; repeated: {', '.join(duplicated)}")
+    check_unique_names(out)
     return out
 
 

@@ -82,6 +82,7 @@ class OpenAIApi:
         try:
             plan = planner(await self._body(request))
             plan.check_engine(pool_info(self._frontend.pool(plan.model)).engine_info)
+            plan.parsing(self._frontend.tool_call_parser, self._frontend.config.reasoning_parser)
             return plan, _deadline(request)
         except RequestError as error:
             with contextlib.suppress(RequestError), self._frontend.tracker.track(request_id, "http"):
@@ -93,7 +94,7 @@ class OpenAIApi:
         frontend, request_id = self._frontend, headers[REQUEST_ID_HEADER]
 
         def build(prompt_ids: list[int]) -> Any:
-            return plan.text_request(request_id, prompt_ids, frontend.config)
+            return plan.text_request(request_id, prompt_ids, frontend.config, frontend.tool_call_parser)
 
         def on_start(tracked: TrackedRequest) -> None:
             if plan.user:

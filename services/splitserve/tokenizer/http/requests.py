@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from splitserve.link.types import EngineInfo, GenerationRequest, SamplingParams
+from splitserve.common.errors import InvalidRequest
+from splitserve.link.types import Constraint, EngineInfo, GenerationRequest, SamplingParams
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.http import schema
 from splitserve.tokenizer.http.errors import InvalidField, from_validation
+from splitserve.tokenizer.http.structured import FORCED_CALL_FIELD, NamedConstraint, request_constraint
+from splitserve.tokenizer.http.tools import chat_messages_of, check_parallel, tool_choice_of, tools_of
 from splitserve.tokenizer.pb_convert import check_stops
-from splitserve.tokenizer.text_codec import ChatMessage
 from splitserve.tokenizer.text_input import TextInput
-from splitserve.tokenizer.types import TextRequest
+from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
+from splitserve.tokenizer.types import OutputParsing, TextRequest, Tool, ToolChoice, ToolChoiceMode
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0  # OpenAI samples unless told otherwise; temperature 0 is greedy
 NOT_YET = "is not supported yet"
@@ -35,27 +38,42 @@ class Plan:
     top_logprobs: int
     user: str | None
     body: schema.SamplingFields
+    constraint: NamedConstraint | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    separate_reasoning: bool = False
 
     def check_engine(self, info: EngineInfo) -> None:
         """Refuses, by its OpenAI name, a field the pool's engine cannot honour (the generator would refuse it
         too, by the gRPC API's name)."""
         b, caps = self.body, info.capabilities
         sampled = b.temperature is None or b.temperature > 0  # unset is OpenAI's 1.0
-        unmet = [("repetition_penalty", b.repetition_penalty not in (None, 1.0) and not caps.repetition_penalty),
-                 ("presence_penalty", bool(b.presence_penalty) and not caps.presence_penalty),
-                 ("frequency_penalty", bool(b.frequency_penalty) and not caps.frequency_penalty),
-                 ("min_p", bool(b.min_p) and not caps.min_p),
-                 ("seed", b.seed is not None and sampled and not caps.seed),
-                 ("min_tokens", b.min_tokens > 0 and not caps.min_new_tokens),
-                 ("logprobs", self.logprobs and not caps.logprobs),
-                 ("top_logprobs", self.top_logprobs > caps.max_top_logprobs)]
-        for name, refused in unmet:
+        unmet = [("repetition_penalty", b.repetition_penalty not in (None, 1.0) and not caps.repetition_penalty, ""),
+                 ("presence_penalty", bool(b.presence_penalty) and not caps.presence_penalty, ""),
+                 ("frequency_penalty", bool(b.frequency_penalty) and not caps.frequency_penalty, ""),
+                 ("min_p", bool(b.min_p) and not caps.min_p, ""),
+                 ("seed", b.seed is not None and sampled and not caps.seed, ""),
+                 ("min_tokens", b.min_tokens > 0 and not caps.min_new_tokens, ""),
+                 ("logprobs", self.logprobs and not caps.logprobs, ""),
+                 ("top_logprobs", self.top_logprobs > caps.max_top_logprobs, f" above {caps.max_top_logprobs}")]
+        if self.constraint is not None:
+            unmet.append((self.constraint.field, not caps.constrained_decoding, " (no constrained decoding)"))
+        for name, refused, detail in unmet:
             if refused:
-                raise InvalidField(name, f"engine {info.engine_label} cannot honour {name}"
-                                   + (f" above {caps.max_top_logprobs}" if name == "top_logprobs" else ""))
+                raise InvalidField(name, f"engine {info.engine_label} cannot honour {name}{detail}")
 
-    def text_request(self, request_id: str, prompt_ids: list[int], config: TokenizerConfig) -> TextRequest:
-        """The pipeline's request, built once the prompt is tokenized."""
+    def parsing(self, tool_call_parser: str, reasoning_parser: str) -> OutputParsing:
+        """The output parsers this request runs with the server's; a 400 naming the field they cannot serve."""
+        try:
+            return output_parsing(self.tools, self.tool_choice, self.separate_reasoning, tool_call_parser,
+                                  reasoning_parser)
+        except InvalidRequest as error:
+            name = "separate_reasoning" if self.separate_reasoning and reasoning_parser == "none" else "tools"
+            raise InvalidField(name, error.message) from None
+
+    def text_request(self, request_id: str, prompt_ids: list[int], config: TokenizerConfig,
+                     tool_call_parser: str = "none") -> TextRequest:
+        """The pipeline's request, built once the prompt is tokenized; `tool_call_parser` is the server's."""
         b = self.body
         stops = [b.stop] if isinstance(b.stop, str) else list(b.stop or ())
         check_stops(stops, config)
@@ -63,8 +81,10 @@ class Plan:
             request_id=request_id, prompt_token_ids=prompt_ids, sampling=_sampling(b),
             max_new_tokens=_max_tokens(b), min_new_tokens=b.min_tokens, ignore_eos=b.ignore_eos,
             logprobs=self.logprobs, top_logprobs=self.top_logprobs,
-            min_message_interval_ms=round(config.stream_interval_ms))
-        return TextRequest(generation=generation, stop=tuple(stops), include_tokens=self.logprobs)
+            min_message_interval_ms=round(config.stream_interval_ms),
+            constraint=None if self.constraint is None else self.constraint.constraint)
+        return TextRequest(generation=generation, stop=tuple(stops), include_tokens=self.logprobs,
+                           parsing=self.parsing(tool_call_parser, config.reasoning_parser))
 
 
 def parse(model: type[M], body: bytes) -> M:
@@ -77,11 +97,15 @@ def parse(model: type[M], body: bytes) -> M:
 def chat_plan(body: bytes) -> Plan:
     req = parse(schema.ChatCompletionRequest, body)
     _refuse_unserved(req)
-    _refuse_tools(req)
+    _refuse_functions(req)
     if req.top_logprobs and not req.logprobs:
         raise InvalidField("top_logprobs", "top_logprobs needs logprobs=true")
-    messages = tuple(ChatMessage(m.role, _content(m)) for m in req.messages)
-    return _plan(req, True, TextInput(chat=messages), req.logprobs, req.top_logprobs or 0)
+    tools, choice = tools_of(req.tools), tool_choice_of(req.tool_choice)
+    check_parallel(req.parallel_tool_calls, choice)
+    shown = () if choice.mode is ToolChoiceMode.NONE else tools  # as gRPC: none neither renders nor parses
+    text_input = TextInput(chat=chat_messages_of(req.messages), tools=shown)
+    plan = _plan(req, True, text_input, req.logprobs, req.top_logprobs or 0, _forced_call(tools, choice))
+    return replace(plan, tools=tools, tool_choice=choice, separate_reasoning=req.separate_reasoning)
 
 
 def completion_plan(body: bytes) -> Plan:
@@ -91,14 +115,33 @@ def completion_plan(body: bytes) -> Plan:
         name = "echo" if req.echo else "suffix" if req.suffix else "best_of"
         raise InvalidField(name, f"{name} {NOT_YET}")
     logprobs = req.logprobs is not None
-    return _plan(req, False, _prompt_input(req.prompt), logprobs, req.logprobs or 0)
+    return _plan(req, False, _prompt_input(req.prompt), logprobs, req.logprobs or 0, None)
 
 
-def _plan(req: schema.SamplingFields, chat: bool, text_input: TextInput, logprobs: bool, top: int) -> Plan:
+def _plan(req: schema.SamplingFields, chat: bool, text_input: TextInput, logprobs: bool, top: int,
+          forced_call: Constraint | None) -> Plan:
     if req.stream_options is not None and not req.stream:
         raise InvalidField("stream_options", "stream_options needs stream=true")
     include_usage = req.stream_options is not None and req.stream_options.include_usage
-    return Plan(chat, req.model, text_input, req.stream, include_usage, logprobs, top, req.user, req)
+    constraint = request_constraint(req, forced_call)
+    if constraint is not None:
+        _check_constrainable(req, constraint.field)
+    return Plan(chat, req.model, text_input, req.stream, include_usage, logprobs, top, req.user, req, constraint)
+
+
+def _forced_call(tools: tuple[Tool, ...], choice: ToolChoice) -> Constraint | None:
+    try:
+        return forced_call_constraint(tools, choice)
+    except InvalidRequest as error:
+        raise InvalidField(FORCED_CALL_FIELD, error.message) from None
+
+
+def _check_constrainable(req: schema.SamplingFields, field_name: str) -> None:
+    """What the generator refuses beside a constraint, refused here by the OpenAI names."""
+    for name, set_ in (("ignore_eos", req.ignore_eos), ("min_tokens", req.min_tokens > 0)):
+        if set_:
+            raise InvalidField(name, f"{name} cannot be combined with {field_name}: the constraint decides "
+                                     "where the answer ends")
 
 
 def _refuse_unserved(req: schema.SamplingFields) -> None:
@@ -110,21 +153,11 @@ def _refuse_unserved(req: schema.SamplingFields) -> None:
         raise InvalidField("top_k", f"top_k must be -1 or 0 (off) or positive, got {req.top_k}")
 
 
-def _refuse_tools(req: schema.ChatCompletionRequest) -> None:
-    for name in ("tools", "functions", "function_call", "parallel_tool_calls"):
+def _refuse_functions(req: schema.ChatCompletionRequest) -> None:
+    for name in ("functions", "function_call"):
         if getattr(req, name):
-            raise InvalidField(name, f"{name}: tool and function calling {NOT_YET}")
-    if req.tool_choice not in (None, "none"):
-        raise InvalidField("tool_choice", f"tool_choice: tool calling {NOT_YET}")
-    if req.response_format is not None and req.response_format.get("type", "text") != "text":
-        raise InvalidField("response_format", f"response_format {req.response_format.get('type')!r} {NOT_YET}; "
-                                              "only plain text is produced")
-
-
-def _content(message: schema.Message) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    return "".join(part.text for part in message.content)
+            raise InvalidField(name, f"{name}: the deprecated function calling is not supported; send tools "
+                                     "and tool_choice")
 
 
 def _prompt_input(prompt: str | list[str] | list[int] | list[list[int]]) -> TextInput:

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from splitserve.tokenizer.http.requests import Plan
+from splitserve.tokenizer.output_parsing import collect_tool_calls
 from splitserve.tokenizer.text_codec import TextCodec
-from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextToken
+from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextToken, ToolCallDelta
 
 _FINISH = {
     TextFinishReason.LENGTH: "length",
@@ -16,6 +17,7 @@ _FINISH = {
     TextFinishReason.STOP_SEQUENCE: "stop",
     TextFinishReason.STOP_TOKEN: "stop",
     TextFinishReason.CANCELLED: "abort",  # vLLM's name; OpenAI has none
+    TextFinishReason.TOOL_CALLS: "tool_calls",
 }
 
 
@@ -44,10 +46,22 @@ class ResponseShaper:
         tokens = [t for c in chunks for t in c.tokens]
         choice["logprobs"] = self._logprobs(tokens) if self._plan.logprobs else None
         if self._plan.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = self._message(chunks, text)
+            _parse_error(choice, last)
         else:
             choice["text"] = text
         return {**self._head, "choices": [choice], "usage": usage(last)}
+
+    def _message(self, chunks: list[TextChunk], text: str) -> dict[str, Any]:
+        """The assistant message: content (null beside tool calls when empty), calls, vLLM's reasoning_content."""
+        calls = [{"id": c.id, "type": c.type, "function": {"name": c.name, "arguments": c.arguments}}
+                 for c in collect_tool_calls(chunks)]
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+        if calls:
+            message["tool_calls"] = calls
+        if self._plan.separate_reasoning:
+            message["reasoning_content"] = "".join(c.reasoning for c in chunks) or None
+        return message
 
     def chunk(self, chunk: TextChunk) -> dict[str, Any]:
         """One streamed delta (the last one carries the finish reason)."""
@@ -57,15 +71,26 @@ class ResponseShaper:
         if reason is not None:
             choice["stop_reason"] = _stop_reason(chunk)
         if self._plan.chat:
-            choice["delta"] = {"content": chunk.text}
-            if not self._role_sent:
-                choice["delta"]["role"], self._role_sent = "assistant", True
+            choice["delta"] = self._delta(chunk)
+            _parse_error(choice, chunk)
         else:
             choice["text"] = chunk.text
         body: dict[str, Any] = {**self._head, "object": self._chunk_object, "choices": [choice]}
         if self._plan.include_usage:
             body["usage"] = None
         return body
+
+    def _delta(self, chunk: TextChunk) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if not self._role_sent:
+            delta["role"], self._role_sent = "assistant", True
+        if chunk.text or not (chunk.reasoning or chunk.tool_calls):
+            delta["content"] = chunk.text
+        if chunk.reasoning:
+            delta["reasoning_content"] = chunk.reasoning
+        if chunk.tool_calls:
+            delta["tool_calls"] = [_call_delta(d) for d in chunk.tool_calls]
+        return delta
 
     def usage_chunk(self, last: TextChunk) -> dict[str, Any]:
         """`stream_options.include_usage`: a last chunk with no choices and the usage."""
@@ -104,6 +129,27 @@ def usage(last: TextChunk) -> dict[str, Any]:
     return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
             "total_tokens": last.prompt_tokens + last.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": last.cached_prompt_tokens}}
+
+
+def _call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's streamed call: index, id, type and name on a call's first delta; argument fragments after."""
+    out: dict[str, Any] = {"index": delta.index}
+    function: dict[str, Any] = {}
+    if delta.id:
+        out["id"], out["type"] = delta.id, "function"
+    if delta.name:
+        function["name"] = delta.name
+    function["arguments"] = delta.arguments
+    out["function"] = function
+    return out
+
+
+def _parse_error(choice: dict[str, Any], last: TextChunk) -> None:
+    """Our extra: why the answer was not read as tool calls, and the streamed call that turned out void."""
+    if last.tool_parse_error:
+        choice["tool_parse_error"] = last.tool_parse_error
+        if last.void_tool_call is not None:
+            choice["void_tool_call"] = last.void_tool_call
 
 
 def _stop_reason(last: TextChunk) -> str | int | None:
