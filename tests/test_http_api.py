@@ -138,7 +138,7 @@ async def test_completion_logprobs(client: openai.AsyncOpenAI) -> None:
 
 
 BAD_FIELDS = [
-    ({"n": 2}, "n"),
+    ({"n": 17}, "n"),
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -225,3 +225,30 @@ async def test_an_http_server_span_starts_the_trace_and_the_log_says_http(
     [line] = [r.fields for r in caplog.records  # type: ignore[attr-defined]
               if r.name == REQUEST_LOGGER and r.fields["tier"] == "tokenizer"]  # type: ignore[attr-defined]
     assert line["api"] == "http" and line["request_id"] == "http-trace-me" and line["trace_id"] == CLIENT_TRACE_ID
+
+
+async def test_n_completions_each_with_its_index_seed_offset_and_usage(client: openai.AsyncOpenAI) -> None:
+    prompt = " ".join(f"Row {i} of the HTTP samples table holds a {w} kite." for i, w in
+                      enumerate(["red", "teal", "gold", "grey", "pink", "navy", "lime", "plum", "rust"]))
+    whole = await client.completions.create(model=MODEL, prompt=prompt, n=3, max_tokens=8, temperature=1.0,
+                                            seed=21, extra_body={"ignore_eos": True})
+    texts = [c.text for c in whole.choices]
+    assert [c.index for c in whole.choices] == [0, 1, 2] and len(set(texts)) == 3
+    assert whole.usage is not None and whole.usage.completion_tokens == 24
+    one = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=1.0, seed=22,
+                                          extra_body={"ignore_eos": True})
+    assert one.choices[0].text == texts[1]  # completion 1 sampled with seed + 1
+    stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], n=2,
+                                                  max_tokens=6, temperature=1.0, seed=5, stream=True,
+                                                  stream_options={"include_usage": True},
+                                                  extra_body={"ignore_eos": True})
+    parts: dict[int, str] = {0: "", 1: ""}
+    finished, usage = [], None
+    async for event in stream:
+        for choice in event.choices:
+            parts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.append(choice.index)
+        usage = event.usage or usage
+    assert sorted(finished) == [0, 1] and all(parts.values())
+    assert usage is not None and usage.completion_tokens == 12  # the prompt once, both completions' tokens

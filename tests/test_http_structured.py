@@ -141,7 +141,7 @@ REFUSED = [
     ({"response_format": {"type": "json_object"}, "extra_body": {"guided_json": PERSON}}, "guided_json"),
     ({"response_format": {"type": "json_object"}, "extra_body": {"ignore_eos": True}}, "ignore_eos"),
     ({"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),
-    ({"n": 2}, "n"),
+    ({"n": 17}, "n"),
 ]
 
 

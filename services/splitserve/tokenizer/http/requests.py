@@ -16,6 +16,7 @@ from splitserve.tokenizer.http.errors import InvalidField, from_validation
 from splitserve.tokenizer.http.structured import FORCED_CALL_FIELD, NamedConstraint, request_constraint
 from splitserve.tokenizer.http.tools import chat_messages_of, check_parallel, tool_choice_of, tools_of
 from splitserve.tokenizer.pb_convert import check_stops
+from splitserve.tokenizer.samples import check_n
 from splitserve.tokenizer.text_input import TextInput
 from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
 from splitserve.tokenizer.types import OutputParsing, TextRequest, Tool, ToolChoice, ToolChoiceMode
@@ -84,7 +85,7 @@ class Plan:
             min_message_interval_ms=round(config.stream_interval_ms),
             constraint=None if self.constraint is None else self.constraint.constraint)
         return TextRequest(generation=generation, stop=tuple(stops), include_tokens=self.logprobs,
-                           parsing=self.parsing(tool_call_parser, config.reasoning_parser))
+                           parsing=self.parsing(tool_call_parser, config.reasoning_parser), n=b.n)
 
 
 def parse(model: type[M], body: bytes) -> M:
@@ -145,8 +146,12 @@ def _check_constrainable(req: schema.SamplingFields, field_name: str) -> None:
 
 
 def _refuse_unserved(req: schema.SamplingFields) -> None:
-    if req.n != 1:
-        raise InvalidField("n", f"n={req.n}: more than one choice per request {NOT_YET}; send n=1")
+    if req.n < 1:
+        raise InvalidField("n", f"n must be at least 1, got {req.n}")
+    try:
+        check_n(req.n)
+    except InvalidRequest as error:
+        raise InvalidField("n", error.message) from None
     if req.logit_bias:
         raise InvalidField("logit_bias", f"logit_bias {NOT_YET}")
     if req.top_k is not None and req.top_k < -1:

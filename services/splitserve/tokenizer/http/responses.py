@@ -33,24 +33,32 @@ class ResponseShaper:
         prefix, self._object = ("chatcmpl", "chat.completion") if plan.chat else ("cmpl", "text_completion")
         self._head = {"id": f"{prefix}-{request_id}", "object": self._object, "created": int(time.time()),
                       "model": model}
-        self._role_sent = False
-        self._offset = 0  # completions' text_offset of the next token
+        self._role_sent: set[int] = set()  # completions whose first delta went out
+        self._offsets: dict[int, int] = {}  # per completion: the text_offset of its next token
+        self._finals: dict[int, TextChunk] = {}  # per completion: its last chunk, for the usage chunk
 
     def completion(self, chunks: list[TextChunk]) -> dict[str, Any]:
-        """The whole answer of a request that was not streamed."""
+        """The whole answer of a request that was not streamed: one choice per completion (n)."""
+        by_index: dict[int, list[TextChunk]] = {}
+        for chunk in chunks:
+            by_index.setdefault(chunk.index, []).append(chunk)
+        choices = [self._choice(index, by_index[index]) for index in sorted(by_index)]
+        return {**self._head, "choices": choices, "usage": usage([c[-1] for c in by_index.values()])}
+
+    def _choice(self, index: int, chunks: list[TextChunk]) -> dict[str, Any]:
         last = chunks[-1]
         text = "".join(c.text for c in chunks)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": _FINISH.get(last.finish_reason or
-                                                                           TextFinishReason.LENGTH),
+        choice: dict[str, Any] = {"index": index, "finish_reason": _FINISH.get(last.finish_reason or
+                                                                               TextFinishReason.LENGTH),
                                   "stop_reason": _stop_reason(last)}
         tokens = [t for c in chunks for t in c.tokens]
-        choice["logprobs"] = self._logprobs(tokens) if self._plan.logprobs else None
+        choice["logprobs"] = self._logprobs(tokens, index) if self._plan.logprobs else None
         if self._plan.chat:
             choice["message"] = self._message(chunks, text)
             _parse_error(choice, last)
         else:
             choice["text"] = text
-        return {**self._head, "choices": [choice], "usage": usage(last)}
+        return choice
 
     def _message(self, chunks: list[TextChunk], text: str) -> dict[str, Any]:
         """The assistant message: content (null beside tool calls when empty), calls, vLLM's reasoning_content."""
@@ -66,10 +74,11 @@ class ResponseShaper:
     def chunk(self, chunk: TextChunk) -> dict[str, Any]:
         """One streamed delta (the last one carries the finish reason)."""
         reason = _FINISH[chunk.finish_reason] if chunk.finish_reason is not None else None
-        choice: dict[str, Any] = {"index": 0, "logprobs": self._logprobs(chunk.tokens) if self._plan.logprobs
-                                  else None, "finish_reason": reason}
+        choice: dict[str, Any] = {"index": chunk.index, "logprobs": self._logprobs(chunk.tokens, chunk.index)
+                                  if self._plan.logprobs else None, "finish_reason": reason}
         if reason is not None:
             choice["stop_reason"] = _stop_reason(chunk)
+            self._finals[chunk.index] = chunk
         if self._plan.chat:
             choice["delta"] = self._delta(chunk)
             _parse_error(choice, chunk)
@@ -82,8 +91,9 @@ class ResponseShaper:
 
     def _delta(self, chunk: TextChunk) -> dict[str, Any]:
         delta: dict[str, Any] = {}
-        if not self._role_sent:
-            delta["role"], self._role_sent = "assistant", True
+        if chunk.index not in self._role_sent:
+            delta["role"] = "assistant"
+            self._role_sent.add(chunk.index)
         if chunk.text or not (chunk.reasoning or chunk.tool_calls):
             delta["content"] = chunk.text
         if chunk.reasoning:
@@ -94,14 +104,15 @@ class ResponseShaper:
 
     def usage_chunk(self, last: TextChunk) -> dict[str, Any]:
         """`stream_options.include_usage`: a last chunk with no choices and the usage."""
-        return {**self._head, "object": self._chunk_object, "choices": [], "usage": usage(last)}
+        finals = list(self._finals.values()) or [last]
+        return {**self._head, "object": self._chunk_object, "choices": [], "usage": usage(finals)}
 
     @property
     def _chunk_object(self) -> str:
         return "chat.completion.chunk" if self._plan.chat else "text_completion"
 
-    def _logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
-        return self._chat_logprobs(tokens) if self._plan.chat else self._text_logprobs(tokens)
+    def _logprobs(self, tokens: list[TextToken], index: int) -> dict[str, Any]:
+        return self._chat_logprobs(tokens) if self._plan.chat else self._text_logprobs(tokens, index)
 
     def _chat_logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
         return {"content": [{**self._entry(t.token_id, t.logprob),
@@ -112,11 +123,12 @@ class ResponseShaper:
         return {"token": text, "logprob": logprob if logprob is not None else 0.0,
                 "bytes": list(text.encode())}
 
-    def _text_logprobs(self, tokens: list[TextToken]) -> dict[str, Any]:
-        offsets = []
+    def _text_logprobs(self, tokens: list[TextToken], index: int) -> dict[str, Any]:
+        offsets, offset = [], self._offsets.get(index, 0)
         for t in tokens:
-            offsets.append(self._offset)
-            self._offset += len(t.text)
+            offsets.append(offset)
+            offset += len(t.text)
+        self._offsets[index] = offset
         decode = self._codec.decode
         return {"tokens": [decode([t.token_id], False) for t in tokens],
                 "token_logprobs": [t.logprob for t in tokens],
@@ -125,10 +137,11 @@ class ResponseShaper:
                 "text_offset": offsets}
 
 
-def usage(last: TextChunk) -> dict[str, Any]:
-    return {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
-            "total_tokens": last.prompt_tokens + last.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": last.cached_prompt_tokens}}
+def usage(finals: list[TextChunk]) -> dict[str, Any]:
+    """The request's usage from each completion's last chunk: the prompt once, every completion's tokens."""
+    prompt, completion = finals[0].prompt_tokens, sum(c.completion_tokens for c in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(c.cached_prompt_tokens for c in finals)}}
 
 
 def _call_delta(delta: ToolCallDelta) -> dict[str, Any]:
