@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 
 import grpc
@@ -13,6 +14,7 @@ from splitserve.common.errors import EngineUnavailable, InvalidRequest
 from splitserve.link.types import GenerationRequest, SamplingParams
 from splitserve.tokenizer.samples import MAX_N, check_n, generate_samples, sample_request
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextRequest
+from splitserve_client import AsyncClient, Chat, GenerationOptions, Tool
 
 from .conftest import Stack
 
@@ -114,3 +116,19 @@ async def test_n_over_the_limit_is_refused(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.text.Generate(_generate(MAX_N + 1, seed=1))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_n=16" in (caught.value.details() or "")
+
+
+async def test_the_python_client_gets_every_completion_and_a_forced_tool_call(stack: Stack) -> None:
+    weather = Tool("get_weather", "Current weather", {"type": "object", "properties": {"city": {"type": "string"}},
+                                                      "required": ["city"]})
+    async with AsyncClient(stack.public_address) as client:
+        completion = await client.generate(PROMPT, GenerationOptions(n=3, temperature=1.0, seed=11,
+                                                                     max_new_tokens=16, ignore_eos=True))
+        deltas = [d async for d in client.generate_stream(PROMPT, GenerationOptions(
+            n=3, temperature=1.0, seed=11, max_new_tokens=16, ignore_eos=True))]
+        called = await client.generate(Chat([("user", "Weather in Oslo?")], tools=(weather,),
+                                            tool_choice="get_weather"), GenerationOptions(max_new_tokens=40))
+    assert completion.choices[0].text == completion.text and len(completion.choices) == 3
+    assert ["".join(d.text for d in deltas if d.index == i) for i in range(3)] == [c.text for c in completion.choices]
+    [call] = called.tool_calls
+    assert call.name == "get_weather" and "city" in json.loads(call.arguments) and called.finish_reason == "tool_calls"

@@ -9,6 +9,7 @@
 from splitserve_client.aio import AsyncClient
 from splitserve_client.security import Security
 from splitserve_client.sync import Client
-from splitserve_client.types import Chat, Completion, Constraint, Delta, GenerationOptions
+from splitserve_client.types import Chat, Completion, Constraint, Delta, GenerationOptions, Tool, ToolCall
 
-__all__ = ["AsyncClient", "Chat", "Client", "Completion", "Constraint", "Delta", "GenerationOptions", "Security"]
+__all__ = ["AsyncClient", "Chat", "Client", "Completion", "Constraint", "Delta", "GenerationOptions", "Security",
+           "Tool", "ToolCall"]
