@@ -42,8 +42,8 @@ async def _run_all(engine: NativeEngine, requests: list[GenerationRequest]) -> t
     return sum(counts), time.perf_counter() - start
 
 
-async def measure(streams: int, new_tokens: int, shares: list[float], device: str) -> None:
-    path, _ = resolve_model("default", default_cache_dir())
+async def measure(streams: int, new_tokens: int, shares: list[float], device: str, model: str = "default") -> None:
+    path, _ = resolve_model(model, default_cache_dir())
     config = GeneratorConfig(str(path), DEFAULT_MODEL_NAME, max_batch_size=streams, device=device,
                              kv_cache_tokens=max(16384, streams * (new_tokens + 64)))
     engine = NativeEngine(config, lambda serving: None)
@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--share", type=float, action="append", help="constrained share (default 0, 0.5, 1)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default="default",
+                        help="model folder (its tokenizer must be the default model's: the prompt is token ids)")
     args = parser.parse_args(argv)
-    asyncio.run(measure(args.streams, args.new_tokens, args.share or [0.0, 0.5, 1.0], args.device))
+    asyncio.run(measure(args.streams, args.new_tokens, args.share or [0.0, 0.5, 1.0], args.device, args.model))
 
 
 if __name__ == "__main__":
