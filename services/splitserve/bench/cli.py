@@ -132,10 +132,10 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
                       *args.generator_arg]
     with contextlib.ExitStack() as resources:
         sink = resources.enter_context(SpanSink()) if args.hops else None
-        export = _span_export_flags(sink)
+        export, env = _span_export(sink)
         stack = resources.enter_context(started_stack(model_path, [*generator_args, *export],
                                                       [*args.tokenizer_arg, *export], args.tokenizers,
-                                                      http=args.api == "openai"))
+                                                      http=args.api == "openai", env=env))
         addresses = stack.http_addresses if args.api == "openai" else stack.addresses
         return await _api_levels(args, addresses, workload,
                                   {"tokenizer": stack.tokenizer_pids, "generator": stack.generator_pid,
@@ -143,12 +143,12 @@ async def _stack_levels(args: argparse.Namespace, model_path: str, workload: Wor
                                   model_path, sink)
 
 
-def _span_export_flags(sink: SpanSink | None) -> list[str]:
-    """Both tiers export to the sink, in small batches so that a level's spans arrive before the next level."""
+def _span_export(sink: SpanSink | None) -> tuple[list[str], dict[str, str] | None]:
+    """Both tiers' flags and environment to export to the sink, in small batches (a level's spans arrive
+    before the next level starts)."""
     if sink is None:
-        return []
-    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"  # the tiers inherit the bench's environment
-    return ["--otlp-endpoint", sink.endpoint, "--otlp-protocol", "http/protobuf"]
+        return [], None
+    return ["--otlp-endpoint", sink.endpoint, "--otlp-protocol", "http/protobuf"], {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
 async def _report_hops(result: dict[str, Any], sink: SpanSink | None) -> None:

@@ -12,11 +12,12 @@ from collections import defaultdict
 from typing import Any
 
 from splitserve.bench.span_sink import SpanRecord
+from splitserve.link.spans import SPAN_NAME
 
 TOKENIZER, GENERATOR = "splitserve-tokenizer", "splitserve-generator"
 TEXT_METHODS = ("/splitserve.api.text.v1.TextGenerationService/GenerateStream",
                 "/splitserve.api.text.v1.TextGenerationService/Generate")
-GENERATOR_SPAN = "/splitserve.api.tokens.v1.TokenGenerationService/Generate"
+GENERATOR_SPAN = SPAN_NAME  # the generator's span of each request on its multiplexed stream
 
 HOPS = (
     ("tokenizer: handler to prompt tokenized", "tokenized"),
