@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
 from splitserve.link.convert import constraint_from_pb, sampling_from_pb
 from splitserve.link.types import Constraint, GenerationRequest
 from splitserve.tokenizer.config import TokenizerConfig
-from splitserve.tokenizer.samples import check_n
+from splitserve.tokenizer.samples import by_completion, check_n
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.text_input import TextInput
 from splitserve.tokenizer.tool_choice import forced_call_constraint, output_parsing
@@ -127,7 +128,7 @@ def _usage(chunk: TextChunk) -> pb.Usage:
                     cached_prompt_tokens=chunk.cached_prompt_tokens)
 
 
-def _set_finish(msg: pb.Choice | pb.GenerateStreamResponse, last: TextChunk) -> None:
+def _set_finish(msg: pb.GenerateResponse | pb.Choice | pb.GenerateStreamResponse, last: TextChunk) -> None:
     if last.finish_reason is not None:
         msg.finish_reason = _FINISH[last.finish_reason]
     if last.seed is not None:
@@ -138,32 +139,22 @@ def _set_finish(msg: pb.Choice | pb.GenerateStreamResponse, last: TextChunk) -> 
 
 def unary_response(chunks: list[TextChunk], request_id: str, model: str, codec: TextCodec) -> pb.GenerateResponse:
     """A finished stream's chunks as one response; with n > 1, choice 0 on top and every choice in `choices`."""
-    by_index: dict[int, list[TextChunk]] = {}
-    for chunk in chunks:
-        by_index.setdefault(chunk.index, []).append(chunk)
-    choices = [_choice(index, by_index[index], codec) for index in sorted(by_index)]
-    first = choices[0]
-    msg = pb.GenerateResponse(
-        request_id=request_id, model=model, text=first.text, tokens=first.tokens, stop_sequence=first.stop_sequence,
-        usage=first.usage, reasoning_text=first.reasoning_text, tool_calls=first.tool_calls,
-        tool_parse_error=first.tool_parse_error, finish_reason=first.finish_reason,
-    )
-    for name in ("seed", "stop_token_id"):
-        if first.HasField(name):
-            setattr(msg, name, getattr(first, name))
-    if len(choices) > 1:  # the prompt once, every completion's tokens
-        msg.choices.extend(choices)
-        msg.usage.completion_tokens = sum(c.usage.completion_tokens for c in choices)
-        msg.usage.cached_prompt_tokens = sum(c.usage.cached_prompt_tokens for c in choices)
+    by_index = by_completion(chunks)
+    msg = pb.GenerateResponse(request_id=request_id, model=model, **_completion(by_index[0], codec))
+    _set_finish(msg, by_index[0][-1])
+    if len(by_index) > 1:  # the prompt once, every completion's tokens
+        for index, completion in by_index.items():
+            choice = msg.choices.add(index=index, **_completion(completion, codec))
+            _set_finish(choice, completion[-1])
+        msg.usage.completion_tokens = sum(c.usage.completion_tokens for c in msg.choices)
+        msg.usage.cached_prompt_tokens = sum(c.usage.cached_prompt_tokens for c in msg.choices)
     return msg
 
 
-def _choice(index: int, chunks: list[TextChunk], codec: TextCodec) -> pb.Choice:
+def _completion(chunks: list[TextChunk], codec: TextCodec) -> dict[str, Any]:
+    """The fields GenerateResponse and Choice share, for one completion's chunks."""
     last = chunks[-1]
-    choice = pb.Choice(
-        index=index, text="".join(c.text for c in chunks), tokens=[t for c in chunks for t in tokens_to_pb(c, codec)],
-        stop_sequence=last.stop_sequence, usage=_usage(last), reasoning_text="".join(c.reasoning for c in chunks),
-        tool_calls=tool_calls_to_pb(chunks), tool_parse_error=last.tool_parse_error,
-    )
-    _set_finish(choice, last)
-    return choice
+    return {"text": "".join(c.text for c in chunks), "tokens": [t for c in chunks for t in tokens_to_pb(c, codec)],
+            "stop_sequence": last.stop_sequence, "usage": _usage(last),
+            "reasoning_text": "".join(c.reasoning for c in chunks), "tool_calls": tool_calls_to_pb(chunks),
+            "tool_parse_error": last.tool_parse_error}

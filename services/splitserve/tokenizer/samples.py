@@ -22,6 +22,14 @@ SEED_SPACE = 2**64
 RunOne = Callable[[TextRequest], AsyncGenerator[TextChunk, None]]
 
 
+def by_completion(chunks: list[TextChunk]) -> dict[int, list[TextChunk]]:
+    """A finished request's chunks per completion, in index order."""
+    out: dict[int, list[TextChunk]] = {}
+    for chunk in chunks:
+        out.setdefault(chunk.index, []).append(chunk)
+    return dict(sorted(out.items()))
+
+
 def check_n(n: int) -> int:
     """The request's n (0 means 1), within the limit."""
     if n > MAX_N:

@@ -8,6 +8,7 @@ from typing import Any
 
 from splitserve.tokenizer.http.requests import Plan
 from splitserve.tokenizer.output_parsing import collect_tool_calls
+from splitserve.tokenizer.samples import by_completion
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.types import TextChunk, TextFinishReason, TextToken, ToolCallDelta
 
@@ -39,10 +40,8 @@ class ResponseShaper:
 
     def completion(self, chunks: list[TextChunk]) -> dict[str, Any]:
         """The whole answer of a request that was not streamed: one choice per completion (n)."""
-        by_index: dict[int, list[TextChunk]] = {}
-        for chunk in chunks:
-            by_index.setdefault(chunk.index, []).append(chunk)
-        choices = [self._choice(index, by_index[index]) for index in sorted(by_index)]
+        by_index = by_completion(chunks)
+        choices = [self._choice(index, completion) for index, completion in by_index.items()]
         return {**self._head, "choices": choices, "usage": usage([c[-1] for c in by_index.values()])}
 
     def _choice(self, index: int, chunks: list[TextChunk]) -> dict[str, Any]:
