@@ -15,6 +15,7 @@ from splitserve.common.errors import EngineUnavailable, InvalidRequest, Overload
 from splitserve.generator.engine import Deliver, HealthListener
 from splitserve.generator.engines.model_folder import eos_ids_of_folder
 from splitserve.generator.engines.native.constraints import ConstraintCompiler, ConstraintMatcher
+from splitserve.generator.engines.native.direct_stream import DirectStream
 from splitserve.generator.engines.native.loading import DeviceSide, build_device_side
 from splitserve.generator.engines.native.sequence import SamplingOptions, Sequence
 from splitserve.generator.engines.native.step_loop import Emitted, SchedulerLimits, StepLoop
@@ -164,7 +165,9 @@ class NativeEngine:
         """`generate` without a task per stream: each step's token reaches `deliver` straight from the hand-over."""
         loop_thread = self._running_loop()
         self._admit()
-        stream = _DirectStream(self, loop_thread, self._sequence(request), request, deliver)
+        seq = self._sequence(request)
+        stream = DirectStream(seq, request, deliver, loop_thread.abort, self._stream_ended,
+                              lambda tokens: self._final_chunk(tokens, seq, request))
         self._in_flight += 1
         if request.constraint is None:
             loop_thread.submit(stream.seq, stream.on_item)
@@ -174,7 +177,7 @@ class NativeEngine:
             task.add_done_callback(self._compiling.discard)
         return stream.cancel
 
-    async def _submit_constrained(self, stream: _DirectStream, loop_thread: StepLoop) -> None:
+    async def _submit_constrained(self, stream: DirectStream, loop_thread: StepLoop) -> None:
         assert stream.request.constraint is not None
         try:
             stream.seq.constraint = await asyncio.to_thread(self._matcher, stream.request.constraint)
@@ -264,43 +267,6 @@ class NativeEngine:
         seed = request.sampling.seed if seq.sampling.is_greedy else seq.sampling.seed  # the one drawn, if any
         return GenerationChunk(tokens, reason, stop_id, seq.num_prompt_tokens, seq.num_output_tokens, seed,
                                num_cached_prompt_tokens=seq.num_cached_prompt_tokens)
-
-
-class _DirectStream:
-    """One request opened with `open_stream`: turns the step loop's items into chunks for `deliver`."""
-
-    __slots__ = ("_deliver", "_engine", "_loop_thread", "_open", "request", "seq")
-
-    def __init__(self, engine: NativeEngine, loop_thread: StepLoop, seq: Sequence, request: GenerationRequest,
-                 deliver: Deliver) -> None:
-        self._engine, self._loop_thread, self.seq, self.request, self._deliver = (
-            engine, loop_thread, seq, request, deliver)
-        self._open = True
-
-    def on_item(self, item: Emitted | BaseException) -> None:
-        if not self._open:
-            return  # cancelled: the loop may still hand over a token of the step in flight
-        if isinstance(item, BaseException):
-            self._close()
-            self._deliver(item if isinstance(item, RequestError) else RequestError(f"internal error: {item}"))
-        elif item.finished:
-            self._close()
-            self._deliver(self._engine._final_chunk([item.token], self.seq, self.request))
-        else:
-            self._deliver(GenerationChunk([item.token]))
-
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
-    def cancel(self) -> None:
-        if self._open:
-            self._close()
-            self._loop_thread.abort(self.seq.seq_id)
-
-    def _close(self) -> None:
-        self._open = False
-        self._engine._stream_ended()
 
 
 def sampling_options(request: GenerationRequest) -> SamplingOptions:
