@@ -61,7 +61,8 @@ async def fast_stream(body: Body) -> FastStreaming:
     return FastStreaming(events(), media_type="text/event-stream")
 
 
-star = Starlette(routes=[Route("/whole", star_whole, methods=["POST"]), Route("/stream", star_stream, methods=["POST"])])
+star = Starlette(routes=[Route("/whole", star_whole, methods=["POST"]),
+                         Route("/stream", star_stream, methods=["POST"])])
 
 
 async def call(app: Any, path: str) -> int:

@@ -86,7 +86,7 @@ def attention_kernels(side: DeviceSide) -> None:
         outs = {}
         for backend_name, backend in (("triton", TritonPagedAttention()), ("torch_sdpa", TorchPagedAttention())):
             outs[backend_name] = backend(q, k_cache, v_cache, meta, dim ** -0.5)
-            ms = triton_bench(lambda b=backend: b(q, k_cache, v_cache, meta, dim ** -0.5))
+            ms = triton_bench(lambda b=backend, q=q, meta=meta: b(q, k_cache, v_cache, meta, dim ** -0.5))
             record(f"attention_{name}_{backend_name}_ms", round(ms, 4))
         error = (outs["triton"].float() - outs["torch_sdpa"].float()).norm() / outs["torch_sdpa"].float().norm()
         record(f"attention_{name}_relative_error", float(error))

@@ -42,6 +42,7 @@ class Row:
     compile_ms: float
     fill_ms: float
     advance_ms: float
+    advance_par_ms: float | None  # llguidance's parallel advance (the engine's), alternate steps with the plain one
     apply_ms: float | None
 
 
@@ -51,6 +52,7 @@ class Walker:
     compile_ms: float
     fill: Callable[[torch.Tensor], None]
     advance: Callable[[list[int], list[int]], None]  # (matcher indices, one token each)
+    advance_par: Callable[[list[int], list[int]], None] | None = None
 
 
 def _xgrammar(tokenizer: Any, vocab: int, batch: int) -> Walker:
@@ -86,6 +88,8 @@ def _llguidance(tokenizer: Any, vocab: int, batch: int) -> Walker:
     walker.fill = lambda bitmask: llguidance.torch.fill_next_token_bitmask_par(executor, pairs, bitmask)
     walker.advance = lambda rows, tokens: _all_true([matchers[i].consume_token(t)
                                                      for i, t in zip(rows, tokens, strict=True)])
+    walker.advance_par = lambda rows, tokens: _all_true(executor.consume_token_par(
+        [(matchers[i], t) for i, t in zip(rows, tokens, strict=True)]))
     return walker
 
 
@@ -107,19 +111,30 @@ def measure(library: str, tokenizer: Any, vocab: int, batch: int, device: torch.
     everyone = list(range(batch))
     bitmask = torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
     logits = torch.zeros(batch, vocab, device=device) if device.type == "cuda" else None
-    fills, advances, applies = [], [], []
+    fills: list[float] = []
+    applies: list[float] = []
+    advances: dict[bool, list[float]] = {False: [], True: []}  # by parallel
     for step in range(len(tokens) - half):
         start = time.perf_counter()
         walker.fill(bitmask)
         filled = time.perf_counter()
-        walker.advance(everyone, [tokens[o + step] for o in offsets])
-        advances.append(time.perf_counter() - filled)
+        advance = walker.advance_par if walker.advance_par is not None and step % 2 == 1 else walker.advance
+        parallel = advance is not walker.advance
+        advance(everyone, [tokens[o + step] for o in offsets])
+        advances[parallel].append(time.perf_counter() - filled)
         fills.append(filled - start)
         if logits is not None:
             applies.append(_apply_on_device(bitmask, logits))
-    apply_ms = statistics.median(applies) * 1e3 if applies else None
     return Row(library, vocab, batch, walker.compile_ms, statistics.median(fills) * 1e3,
-               statistics.median(advances) * 1e3, apply_ms)
+               statistics.median(advances[False]) * 1e3, _median_ms(advances[True]), _median_ms(applies))
+
+
+def _cell(ms: float | None) -> str:
+    return "" if ms is None else f"{ms:.3f}"
+
+
+def _median_ms(seconds: list[float]) -> float | None:
+    return statistics.median(seconds) * 1e3 if seconds else None
 
 
 def _pre_advance(walker: Walker, tokens: list[int], offsets: list[int]) -> None:
@@ -156,17 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="where logits live for the apply timing (cuda: timed)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    print("| library | vocab | batch | compile ms | mask fill ms/step | advance ms/step | apply on device ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("| library | vocab | batch | compile ms | mask fill ms/step | advance ms/step | parallel advance ms/step "
+          "| apply on device ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for spec in args.tokenizer or ["default"]:
         tokenizer, _ = _load_tokenizer(spec)
         vocab = len(tokenizer)
         for library in args.library or ["xgrammar", "llguidance"]:
             for batch in args.batch or [1, 64, 256]:
                 r = measure(library, tokenizer, vocab, batch, device)
-                apply = "" if r.apply_ms is None else f"{r.apply_ms:.3f}"
                 print(f"| {r.library} | {r.vocab} | {r.batch} | {r.compile_ms:.1f} | {r.fill_ms:.3f} | "
-                      f"{r.advance_ms:.3f} | {apply} |", flush=True)
+                      f"{r.advance_ms:.3f} | {_cell(r.advance_par_ms)} | {_cell(r.apply_ms)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 
 from splitserve.common.model_store import DEFAULT_MODEL_NAME, default_cache_dir, resolve_model
@@ -42,35 +43,62 @@ async def _run_all(engine: NativeEngine, requests: list[GenerationRequest]) -> t
     return sum(counts), time.perf_counter() - start
 
 
-async def measure(streams: int, new_tokens: int, shares: list[float], device: str, model: str = "default") -> None:
+async def measure(streams: list[int], new_tokens: int, shares: list[float], device: str, model: str = "default",
+                  rounds: int = 1) -> None:
+    """One engine (sized for the most streams), a table per stream count."""
     path, _ = resolve_model(model, default_cache_dir())
-    config = GeneratorConfig(str(path), DEFAULT_MODEL_NAME, max_batch_size=streams, device=device,
-                             kv_cache_tokens=max(16384, streams * (new_tokens + 64)))
+    config = GeneratorConfig(str(path), DEFAULT_MODEL_NAME, max_batch_size=max(streams), device=device,
+                             kv_cache_tokens=max(16384, max(streams) * (new_tokens + 64)))
     engine = NativeEngine(config, lambda serving: None)
     await engine.start()
     try:
         await _run_all(engine, [_request(0, True, 4)])  # compiles (and caches) the schema's grammar family
-        print("| constrained streams | tokens | seconds | output tok/s |")
-        print("|---|---|---|---|")
-        for share in shares:
-            num = round(streams * share)
-            await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])  # warm: compile
-            tokens, seconds = await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])
-            print(f"| {num} of {streams} | {tokens} | {seconds:.2f} | {tokens / seconds:.1f} |", flush=True)
+        for count in streams:
+            await _measure_streams(engine, count, new_tokens, shares, rounds)
     finally:
         await engine.stop()
 
 
+async def _measure_streams(engine: NativeEngine, streams: int, new_tokens: int, shares: list[float],
+                           rounds: int) -> None:
+    counts = [round(streams * share) for share in shares]
+    for num in counts:  # warm: compiles the constrained streams' grammars
+        await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])
+    print(f"\n{streams} streams, {new_tokens} new tokens each\n")
+    print("| round | constrained streams | tokens | seconds | output tok/s |")
+    print("|---|---|---|---|---|")
+    rates: dict[int, list[float]] = {num: [] for num in counts}
+    for round_index in range(rounds):  # rounds interleave the shares, so drift hits every share alike
+        for num in counts:
+            tokens, seconds = await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])
+            rates[num].append(tokens / seconds)
+            print(f"| {round_index + 1} | {num} of {streams} | {tokens} | {seconds:.2f} | {tokens / seconds:.1f} |",
+                  flush=True)
+    _print_summary(streams, rates)
+
+
+def _print_summary(streams: int, rates: dict[int, list[float]]) -> None:
+    """Median throughput per share, and the share of it lost against the unconstrained row."""
+    base = statistics.median(rates[min(rates)])
+    print("\n| constrained streams | median output tok/s | lost vs. fewest constrained |")
+    print("|---|---|---|")
+    for num, values in rates.items():
+        median = statistics.median(values)
+        print(f"| {num} of {streams} | {median:.1f} | {100 * (1 - median / base):.1f} % |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--streams", type=int, action="append", help="concurrent streams (repeatable; default 16)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--share", type=float, action="append", help="constrained share (default 0, 0.5, 1)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the shares")
     parser.add_argument("--model", default="default",
-                        help="model folder (its tokenizer must be the default model's: the prompt is token ids)")
+                        help="model folder (its vocabulary must hold the default model's ids: the prompt is token ids)")
     args = parser.parse_args(argv)
-    asyncio.run(measure(args.streams, args.new_tokens, args.share or [0.0, 0.5, 1.0], args.device, args.model))
+    asyncio.run(measure(args.streams or [16], args.new_tokens, args.share or [0.0, 0.5, 1.0], args.device, args.model,
+                        args.rounds))
 
 
 if __name__ == "__main__":
