@@ -71,6 +71,8 @@ async def _measure_streams(engine: NativeEngine, streams: int, new_tokens: int, 
     for round_index in range(rounds):  # rounds interleave the shares, so drift hits every share alike
         for num in counts:
             tokens, seconds = await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])
+            if tokens != streams * new_tokens:  # no stream can end early: one did, so its mask let a refused token by
+                raise RuntimeError(f"{tokens} tokens from {streams} streams of {new_tokens}: a stream ended early")
             rates[num].append(tokens / seconds)
             print(f"| {round_index + 1} | {num} of {streams} | {tokens} | {seconds:.2f} | {tokens / seconds:.1f} |",
                   flush=True)
