@@ -200,7 +200,8 @@ from splitserve import cli, local_stack
 
 local_stack.METRICS_PORTS = {"tokenizer": int(sys.argv[1]), "generator": int(sys.argv[2])}
 sys.exit(cli.main(["up", "--engine", "bench", "--model", sys.argv[3], "--address", sys.argv[4],
-                   "--generator-address", sys.argv[5], "--http-address", sys.argv[6]]))
+                   "--generator-address", sys.argv[5], "--http-address", sys.argv[6],
+                   "--tokenizer-args", "--tool-call-parser hermes", "--generator-args", "--max-batch-size 3"]))
 '''
 
 
@@ -214,6 +215,9 @@ def test_up_stops_everything_and_exits_1_when_its_generator_dies(model_dir: Path
         wait_serving(public, [up], 180)
         children = psutil.Process(up.pid).children()
         [victim] = [c for c in children if "generator" in c.cmdline()]
+        [tokenizer] = [c for c in children if "tokenizer" in c.cmdline()]
+        assert victim.cmdline()[-2:] == ["--max-batch-size", "3"]  # the extra flags reach their tier
+        assert tokenizer.cmdline()[-2:] == ["--tool-call-parser", "hermes"]
         victim.send_signal(signal.SIGKILL)
         started = time.monotonic()
         assert up.wait(timeout=60) == 1

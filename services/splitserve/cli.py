@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         cmd.add_argument("--engine", default="native")
         cmd.add_argument("--tokenizers", type=int, default=1, help="tokenizer processes (ports 10 apart)")
         cmd.add_argument("--generators", type=int, default=1, help="generator processes (ports 10 apart)")
+        cmd.add_argument("--tokenizer-args", type=shlex.split, default=[], metavar="FLAGS",
+                         help="more flags for each tokenizer, one string: '--tool-call-parser hermes'")
+        cmd.add_argument("--generator-args", type=shlex.split, default=[], metavar="FLAGS",
+                         help="more flags for each generator, one string: '--max-batch-size 64'")
         if name == "up":
             cmd.add_argument("--http-address", default="127.0.0.1:8000",
                              help="the OpenAI-compatible HTTP API of the (first) tokenizer; `off` disables it")

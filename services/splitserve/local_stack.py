@@ -91,15 +91,17 @@ def _strided(address: str, count: int) -> list[str]:
     return [f"{host}:{int(port) + PORT_STRIDE * i}" for i in range(count)]
 
 
-def spawn_stack(plan: StackPlan, model_path: str, model_name: str, engine: str,
-                generator_args: Sequence[str] = ()) -> tuple[list[Process], list[Process]]:
-    """Starts every generator, then every tokenizer pointed at all of them (as one static pool)."""
+def spawn_stack(plan: StackPlan, model_path: str, model_name: str, engine: str, generator_args: Sequence[str] = (),
+                tokenizer_args: Sequence[str] = ()) -> tuple[list[Process], list[Process]]:
+    """Starts every generator, then every tokenizer pointed at all of them (as one static pool); the args are
+    appended to each process's own flags (a repeated flag: the last one wins)."""
     generators = [spawn_generator(address, port, model_path, model_name, ["--engine", engine, *generator_args])
                   for address, port in zip(plan.generators, plan.generator_metrics, strict=True)]
     pool = ",".join(plan.generators)
     tokenizers = [_spawn("tokenizer", model_path, model_name,
                          ["--address", address, "--generator", pool, "--metrics-port", str(port),
-                          *(["--http-address", plan.tokenizer_http[i]] if plan.tokenizer_http else [])])
+                          *(["--http-address", plan.tokenizer_http[i]] if plan.tokenizer_http else []),
+                          *tokenizer_args])
                   for i, (address, port) in enumerate(zip(plan.tokenizers, plan.tokenizer_metrics, strict=True))]
     return generators, tokenizers
 
@@ -131,7 +133,8 @@ def local_stack(args: argparse.Namespace, model_path: str,
     http = getattr(args, "http_address", None)
     plan = StackPlan.strided(args.address, args.generator_address, getattr(args, "tokenizers", 1),
                              getattr(args, "generators", 1), None if http in (None, "", "off") else http)
-    generators, tokenizers = spawn_stack(plan, model_path, model_name, args.engine)
+    generators, tokenizers = spawn_stack(plan, model_path, model_name, args.engine,
+                                         getattr(args, "generator_args", []), getattr(args, "tokenizer_args", []))
     processes = [*tokenizers, *generators]
     try:
         for address in plan.tokenizers:
