@@ -96,6 +96,7 @@ class GenerationOptions:
     model: str = ""
     constraint: Constraint | None = None
     n: int = 1  # completions of the prompt (each Delta has its index; Completion.choices has them all)
+    best_of: int = 0  # > n: sample this many, return the n best by mean token logprob (generate only)
     separate_reasoning: bool = False  # the model's <think> text apart, in reasoning_text
 
 
@@ -155,7 +156,7 @@ def build_request(prompt: Input, options: GenerationOptions,
                                      stop_token_ids=options.stop_token_ids, ignore_eos=options.ignore_eos),
         options=pb.ResponseOptions(include_tokens=True, logprobs=options.logprobs,
                                    separate_reasoning=options.separate_reasoning),
-        n=options.n,
+        n=options.n, best_of=options.best_of,
     )
     if options.constraint is not None:
         msg.constraint.CopyFrom(options.constraint.to_pb())

@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
-from splitserve.common.errors import ModelNotFound, NotReady
+from splitserve.common.errors import InvalidRequest, ModelNotFound, NotReady
 from splitserve.common.request_telemetry import RequestTracker, TrackedRequest
 from splitserve.link.types import GeneratorInfo
+from splitserve.tokenizer.best_of import generate_best_of
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.generator_pool import GeneratorPool, GeneratorPools
 from splitserve.tokenizer.pipeline import generate_text
-from splitserve.tokenizer.samples import generate_samples
+from splitserve.tokenizer.samples import RunOne, generate_samples
 from splitserve.tokenizer.text_codec import TextCodec
 from splitserve.tokenizer.text_input import TextInput, encode
 from splitserve.tokenizer.types import TextChunk, TextRequest
@@ -85,7 +86,7 @@ class TextFrontend:
             def run(one: TextRequest) -> AsyncGenerator[TextChunk, None]:
                 return generate_text(self.codec, pool, one, timeout, tracked)
 
-            chunks = run(text_request) if text_request.n == 1 else generate_samples(run, text_request)
+            chunks = _completions(run, text_request, pool_info(pool))
             ended, completion_tokens = 0, 0
             async with contextlib.aclosing(chunks) as stream:
                 async for chunk in stream:
@@ -96,6 +97,16 @@ class TextFrontend:
                         if ended == text_request.n:  # the request ends with its last completion
                             tracked.finish(chunk.finish_reason.value, chunk.prompt_tokens, completion_tokens)
                     yield chunk
+
+
+def _completions(run: RunOne, request: TextRequest, info: GeneratorInfo) -> AsyncGenerator[TextChunk, None]:
+    """One completion, n of them, or the n best of best_of."""
+    if request.best_of:
+        if not info.engine_info.capabilities.logprobs:
+            raise InvalidRequest(f"best_of needs logprobs to rank the completions by: engine "
+                                 f"{info.engine_info.engine_label} cannot honour logprobs")
+        return generate_best_of(run, request)
+    return run(request) if request.n == 1 else generate_samples(run, request)
 
 
 def pool_info(pool: GeneratorPool) -> GeneratorInfo:

@@ -9,6 +9,7 @@ from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.common.errors import InvalidRequest
 from splitserve.link.convert import constraint_from_pb, sampling_from_pb
 from splitserve.link.types import Constraint, GenerationRequest
+from splitserve.tokenizer.best_of import check_best_of
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.samples import by_completion, check_n
 from splitserve.tokenizer.text_codec import TextCodec
@@ -96,8 +97,16 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         generation=generation, stop=tuple(stops),
         include_tokens=options.include_tokens or options.logprobs or options.top_logprobs > 0,
         skip_special_tokens=options.skip_special_tokens if options.HasField("skip_special_tokens") else True,
-        parsing=parsing, n=check_n(msg.n),
+        parsing=parsing, n=check_n(msg.n), best_of=_best_of(msg),
     )
+
+
+def _best_of(msg: AnyGenerateRequest) -> int:
+    best_of = check_best_of(msg.best_of, check_n(msg.n))
+    if best_of and isinstance(msg, pb.GenerateStreamRequest):
+        raise InvalidRequest(f"best_of={best_of} cannot be streamed (the best are known only when all "
+                             "have finished): use Generate")
+    return best_of
 
 
 def tokens_to_pb(chunk: TextChunk, codec: TextCodec) -> list[pb.Token]:

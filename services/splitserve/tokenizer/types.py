@@ -30,6 +30,7 @@ class TextRequest:
     skip_special_tokens: bool = True
     parsing: OutputParsing = field(default_factory=lambda: OutputParsing())
     n: int = 1  # completions to sample (samples.py)
+    best_of: int = 0  # > n: sample this many, return the n best (best_of.py); 0: off
 
 
 class TextToken(NamedTuple):

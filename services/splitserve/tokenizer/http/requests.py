@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from splitserve.common.errors import InvalidRequest
 from splitserve.link.types import Constraint, EngineInfo, GenerationRequest, SamplingParams
+from splitserve.tokenizer.best_of import check_best_of
 from splitserve.tokenizer.config import TokenizerConfig
 from splitserve.tokenizer.http import schema
 from splitserve.tokenizer.http.errors import InvalidField, from_validation
@@ -43,6 +44,7 @@ class Plan:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     separate_reasoning: bool = False
+    best_of: int = 0  # completions only: > n, the n best of this many
 
     def check_engine(self, info: EngineInfo) -> None:
         """Refuses, by its OpenAI name, a field the pool's engine cannot honour (the generator would refuse it
@@ -59,6 +61,7 @@ class Plan:
                  ("top_logprobs", self.top_logprobs > caps.max_top_logprobs, f" above {caps.max_top_logprobs}")]
         if self.constraint is not None:
             unmet.append((self.constraint.field, not caps.constrained_decoding, " (no constrained decoding)"))
+        unmet.append(("best_of", self.best_of > 0 and not caps.logprobs, " (no logprobs to rank by)"))
         for name, refused, detail in unmet:
             if refused:
                 raise InvalidField(name, f"engine {info.engine_label} cannot honour {name}{detail}")
@@ -85,7 +88,8 @@ class Plan:
             min_message_interval_ms=round(config.stream_interval_ms),
             constraint=None if self.constraint is None else self.constraint.constraint)
         return TextRequest(generation=generation, stop=tuple(stops), include_tokens=self.logprobs,
-                           parsing=self.parsing(tool_call_parser, config.reasoning_parser), n=b.n)
+                           parsing=self.parsing(tool_call_parser, config.reasoning_parser), n=b.n,
+                           best_of=self.best_of)
 
 
 def parse(model: type[M], body: bytes) -> M:
@@ -112,11 +116,23 @@ def chat_plan(body: bytes) -> Plan:
 def completion_plan(body: bytes) -> Plan:
     req = parse(schema.CompletionRequest, body)
     _refuse_unserved(req)
-    if req.echo or req.suffix or req.best_of not in (None, 1):
-        name = "echo" if req.echo else "suffix" if req.suffix else "best_of"
+    if req.echo or req.suffix:
+        name = "echo" if req.echo else "suffix"
         raise InvalidField(name, f"{name} {NOT_YET}")
     logprobs = req.logprobs is not None
-    return _plan(req, False, _prompt_input(req.prompt), logprobs, req.logprobs or 0, None)
+    plan = _plan(req, False, _prompt_input(req.prompt), logprobs, req.logprobs or 0, None)
+    return replace(plan, best_of=_best_of(req))
+
+
+def _best_of(req: schema.CompletionRequest) -> int:
+    try:
+        best_of = check_best_of(req.best_of or 0, req.n)
+    except InvalidRequest as error:
+        raise InvalidField("best_of", error.message) from None
+    if best_of and req.stream:
+        raise InvalidField("best_of", f"best_of={best_of} cannot be used with stream=true (the best are known "
+                                      "only when all have finished)")
+    return best_of
 
 
 def _plan(req: schema.SamplingFields, chat: bool, text_input: TextInput, logprobs: bool, top: int,
