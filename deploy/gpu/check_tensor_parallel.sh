@@ -28,7 +28,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   step "$PY" deploy/gpu/make_random_llama.py --out "$MODEL_DIR" ${TOKENIZER_DIR:+--tokenizer "$TOKENIZER_DIR"}
 fi
 case " $PARTS " in *" parity "*)
-  "$PY" deploy/gpu/tp_parity.py --tp "$TP" --device cuda --model "$MODEL_DIR" 2>&1 | tee "$OUT/parity.log" \
+  "$PY" deploy/gpu/tp_parity.py --tp "$TP" --device cuda --model "$MODEL_DIR" --tokenizer "$MODEL_DIR" 2>&1 | tee "$OUT/parity.log" \
     || failed=1 ;;
 esac
 GEN=(--generator-arg=--device=cuda --generator-arg=--dtype=bfloat16 --generator-arg=--kv-page-size=16
@@ -36,7 +36,7 @@ GEN=(--generator-arg=--device=cuda --generator-arg=--dtype=bfloat16 --generator-
 COMMON=(--model "$MODEL_DIR" --in-process --engine native --max-batch-size 256 --warmup 5 --duration "$DURATION"
         --stagger 2 --no-progress)
 case " $PARTS " in *" speed "*)
-  for tp in 1 "$TP"; do
+  for tp in $(printf '%s\n' 1 "$TP" | sort -un); do
     step "$PY" -m splitserve.bench "${COMMON[@]}" --input-len 128 --output-len 128 --concurrency 1,256 "${GEN[@]}" \
       --generator-arg=--max-total-tokens=512 --generator-arg=--max-input-tokens=256 \
       --generator-arg=--tensor-parallel-size="$tp" --json "$OUT/tp${tp}_128.json"

@@ -138,10 +138,9 @@ def forced_argmax_split(config: GeneratorConfig, size: int, scratch: Path) -> to
     return result
 
 
-def check_tokens(tp: int, device: str, scratch: Path) -> bool:
+def check_tokens(tp: int, device: str, scratch: Path, tokenizer_dir: Path) -> bool:
     from transformers import AutoTokenizer
 
-    tokenizer_dir = ensure_default_model(default_cache_dir())
     model = write_split_model(scratch / "split-llama", tokenizer_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     prompts = [tokenizer.encode(p) for p in PROMPTS]
@@ -174,10 +173,13 @@ def main() -> int:
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", type=Path, default=None, help="bf16 model for part 2 (skipped without it)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="a folder with the default model's tokenizer (default: the default model's own)")
     args = parser.parse_args()
+    tokenizer_dir = args.tokenizer or ensure_default_model(default_cache_dir())
     print("| check | ranks | result |\n|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory(prefix="splitserve-tp-") as scratch:
-        ok = check_tokens(args.tp, args.device, Path(scratch))
+        ok = check_tokens(args.tp, args.device, Path(scratch), tokenizer_dir)
         if args.model is not None:
             ok = check_forced(args.tp, args.device, args.model, Path(scratch)) and ok
     return 0 if ok else 1
