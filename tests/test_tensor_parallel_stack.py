@@ -61,9 +61,9 @@ class TpStack:
     text: text_pb2_grpc.TextGenerationServiceStub
 
     def worker_ranks(self) -> list[psutil.Process]:
-        """The generator's spawned ranks (not multiprocessing's resource tracker)."""
-        return [c for c in psutil.Process(self.generator.pid).children()
-                if "resource_tracker" not in " ".join(c.cmdline())]
+        """The generator's spawned ranks (multiprocessing's spawn children; not its resource tracker, nor
+        torch.compile's worker pool on CUDA)."""
+        return [c for c in psutil.Process(self.generator.pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
 
 @pytest.fixture
