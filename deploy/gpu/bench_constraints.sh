@@ -41,6 +41,6 @@ for tokenizer in ${MODEL_TOKENIZERS:-default}; do
     PYTHONPATH="$services:$ROOT/clients/python${BASE_PATH:+:$BASE_PATH}" "$PY" -m splitserve.bench.constraint_throughput \
       --model "$model" "${stream_args[@]}" --new-tokens "$NEW_TOKENS" --rounds "$ROUNDS" --device cuda 2>&1 || failed=1
   done
-done 2>&1 | tee "$OUT/throughput.log"
+done > >(tee "$OUT/throughput.log") 2>&1
 echo "logs in $OUT"
 exit "$failed"
