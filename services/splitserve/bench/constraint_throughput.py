@@ -52,7 +52,6 @@ async def measure(streams: list[int], new_tokens: int, shares: list[float], devi
     engine = NativeEngine(config, lambda serving: None)
     await engine.start()
     try:
-        await _run_all(engine, [_request(0, True, 4)])  # compiles (and caches) the schema's grammar family
         for count in streams:
             await _measure_streams(engine, count, new_tokens, shares, rounds)
     finally:
@@ -62,7 +61,7 @@ async def measure(streams: list[int], new_tokens: int, shares: list[float], devi
 async def _measure_streams(engine: NativeEngine, streams: int, new_tokens: int, shares: list[float],
                            rounds: int) -> None:
     counts = [round(streams * share) for share in shares]
-    for num in counts:  # warm: compiles the constrained streams' grammars
+    for num in counts:  # warm: compiles the grammar (cached after) and this batch size's graphs
         await _run_all(engine, [_request(i, i < num, new_tokens) for i in range(streams)])
     print(f"\n{streams} streams, {new_tokens} new tokens each\n")
     print("| round | constrained streams | tokens | seconds | output tok/s |")

@@ -93,16 +93,17 @@ def text_request_from_pb(msg: AnyGenerateRequest, request_id: str, prompt_ids: l
         # guarantees it is this tier's tokenizer too).
         constraint=constraint,
     )
+    n = check_n(msg.n)
     return TextRequest(
         generation=generation, stop=tuple(stops),
         include_tokens=options.include_tokens or options.logprobs or options.top_logprobs > 0,
         skip_special_tokens=options.skip_special_tokens if options.HasField("skip_special_tokens") else True,
-        parsing=parsing, n=check_n(msg.n), best_of=_best_of(msg),
+        parsing=parsing, n=n, best_of=_best_of(msg, n),
     )
 
 
-def _best_of(msg: AnyGenerateRequest) -> int:
-    best_of = check_best_of(msg.best_of, check_n(msg.n))
+def _best_of(msg: AnyGenerateRequest, n: int) -> int:
+    best_of = check_best_of(msg.best_of, n)
     if best_of and isinstance(msg, pb.GenerateStreamRequest):
         raise InvalidRequest(f"best_of={best_of} cannot be streamed (the best are known only when all "
                              "have finished): use Generate")
