@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from splitserve.generator.engines.native.engine import NativeEngine
 from splitserve.generator.validation import validate_request
@@ -36,6 +40,20 @@ class Result:
     @property
     def token_ids(self) -> list[int]:
         return [t.token_id for t in self.tokens]
+
+
+def write_split_llama(folder: Path, tokenizer_dir: Path) -> Path:
+    """A small random fp32 Llama whose heads (4), KV heads (2) and MLP split two ways (the default model's 9
+    heads and 3 KV heads do not), with the default model's tokenizer. Logits of a few units: 1e-5 is tens of
+    fp32 ulps, so TP=2 and TP=1 have no near-ties between them."""
+    config = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         initializer_range=0.05, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ killed before a test ends.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -17,7 +16,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from splitserve.cli import main
 from splitserve.common.errors import EngineUnavailable
@@ -34,27 +32,16 @@ from splitserve.generator.validation import validate_request
 from splitserve.link.types import GenerationChunk, GenerationRequest
 
 from .conftest import generator_config
-from .native_support import PROMPTS, run
+from .native_support import PROMPTS, run, write_split_llama
 
 NEW_TOKENS = 16
 BLOCK_SIZE = 16
 SPAWN_TIMEOUT_S = 120.0
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 @pytest.fixture(scope="module")
 def tiny_model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random fp32 Llama whose heads, KV heads and MLP split two ways."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.05,  # logits of a few units: 1e-5 is tens of fp32 ulps, no near-ties
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        shutil.copy(model_dir / name, folder / name)
-    return folder
+    return write_split_llama(tmp_path_factory.mktemp("tiny-llama"), model_dir)
 
 
 def _config(model: Path, **overrides: object) -> GeneratorConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from splitserve.api.text.v1 import text_pb2 as pb
 from splitserve.api.text.v1 import text_pb2_grpc
 from splitserve.local_stack import free_port, wait_serving
 
+from .native_support import write_split_llama
 from .test_drain import read_rest, stop
 from .test_generation import as_unary, greedy
 from .test_service_lifecycle import spawn
@@ -43,15 +41,7 @@ def tp_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if "SPLITSERVE_TP_MODEL" in os.environ:
         return Path(os.environ["SPLITSERVE_TP_MODEL"])
     model_dir: Path = request.getfixturevalue("model_dir")  # only here: a GPU host may lack the default model
-    folder = tmp_path_factory.mktemp("tp-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(model_dir / name, folder / name)
-    return folder
+    return write_split_llama(tmp_path_factory.mktemp("tp-llama"), model_dir)
 
 
 @dataclass
